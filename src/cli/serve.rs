@@ -1,0 +1,118 @@
+//! `xiaomaolv serve`: wire the configured parts together and run until a signal.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+use super::{CliError, ServeArgs};
+use crate::agent::Agent;
+use crate::config::{Config, mask_url_password};
+use crate::http::{self, AppState};
+use crate::provider::ProviderClient;
+use crate::{store, telemetry};
+
+pub async fn run(args: ServeArgs) -> Result<(), CliError> {
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::embedded()?,
+    };
+    let log_format = args.log_format.map_or(config.app.log_format, Into::into);
+    if let Err(err) = telemetry::init_logging(log_format) {
+        eprintln!("xiaomaolv: logging already initialised: {err}");
+    }
+    let provider = &config.providers[&config.app.default_provider];
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = args.config.as_ref().map_or("<embedded defaults>".into(), |p| p.display().to_string()),
+        provider = %config.app.default_provider,
+        base_url = %provider.base_url,
+        model = %provider.model,
+        store = %mask_url_password(&config.store.url),
+        "Starting xiaomaolv"
+    );
+
+    let state = build_state(&config).await?;
+    let listener = TcpListener::bind(config.app.bind)
+        .await
+        .map_err(|source| CliError::Bind {
+            addr: config.app.bind,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(CliError::Serve)?;
+    warn_if_exposed(&config, addr);
+    tracing::info!(%addr, "Listening");
+    http::serve(
+        listener,
+        state,
+        shutdown_signal(),
+        config.app.shutdown_grace(),
+    )
+    .await
+    .map_err(CliError::Serve)
+}
+
+/// Opens the store and builds the providers and agent that `serve` runs.
+pub async fn build_state(config: &Config) -> Result<AppState, CliError> {
+    let store = store::open(&config.store).await?;
+    let providers = config
+        .providers
+        .iter()
+        .map(|(name, provider)| {
+            ProviderClient::new(name, provider)
+                .map(|client| (name.clone(), client))
+                .map_err(|source| CliError::Provider {
+                    name: name.clone(),
+                    source,
+                })
+        })
+        .collect::<Result<HashMap<_, _>, _>>()?;
+    let agent = Agent::new(
+        store.clone(),
+        providers,
+        config.app.default_provider.clone(),
+        config.agent.clone(),
+    );
+    Ok(AppState {
+        agent: Arc::new(agent),
+        store,
+        http: Arc::new(config.channels.http.clone()),
+        turns: TaskTracker::new(),
+    })
+}
+
+fn warn_if_exposed(config: &Config, addr: std::net::SocketAddr) {
+    let http = &config.channels.http;
+    if http.enabled && !addr.ip().is_loopback() && http.api_bearer_token.is_none() {
+        tracing::warn!(
+            %addr,
+            "Listening on a non-loopback address without channels.http.api_bearer_token; \
+             anyone who can reach it can use the API"
+        );
+    }
+    if http.diag_bearer_token.is_none() {
+        tracing::info!(
+            "Code-mode diagnostics endpoints are disabled: channels.http.diag_bearer_token is empty"
+        );
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

@@ -1,0 +1,137 @@
+//! The configuration file exactly as written: serde types that reject unknown keys.
+//!
+//! Every field is optional here; defaults and cross-field checks live in `settings`, which turns
+//! this raw form into the validated [`Config`](super::Config). The doc comment of each field is its
+//! reference text, mirrored in `config/xiaomaolv.example.toml`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub app: RawApp,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub providers: BTreeMap<String, RawProvider>,
+    #[serde(default)]
+    pub channels: RawChannels,
+    #[serde(default)]
+    pub agent: RawAgent,
+}
+
+/// `[app]`: process-wide settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApp {
+    /// Address the HTTP listener binds, as `IP:PORT`. Default `127.0.0.1:8080`.
+    pub bind: Option<String>,
+    /// Name of the `[providers.NAME]` table that answers messages. Default: the only provider.
+    pub default_provider: Option<String>,
+    /// Log line format: `human` or `json`. Default `human`; `serve --log-format` overrides it.
+    pub log_format: Option<LogFormat>,
+    /// After SIGINT or SIGTERM, how long in-flight turns may run before the process exits.
+    /// Default 30000 ms.
+    pub shutdown_grace_ms: Option<u64>,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+/// `[store]`: where conversation history lives.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// `sqlite://PATH` (created when missing) or `sqlite::memory:`. Default `sqlite://xiaomaolv.db`.
+    pub url: Option<String>,
+    /// Connections in the pool. Default 8.
+    pub max_connections: Option<u32>,
+    /// How long a write waits for a locked database before failing. Default 5000 ms.
+    pub busy_timeout_ms: Option<u64>,
+}
+
+/// `[providers.NAME]`: one OpenAI-compatible chat-completions server.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    /// Wire protocol. Only `openai-compatible` exists.
+    pub kind: ProviderKind,
+    /// Base URL up to and including the version, e.g. `http://127.0.0.1:8081/v1`;
+    /// the client appends `/chat/completions`.
+    pub base_url: String,
+    /// Sent as `Authorization: Bearer KEY` when not empty. Default: none.
+    pub api_key: Option<String>,
+    /// Model name sent in every request.
+    pub model: String,
+    /// TCP and TLS connect timeout. Default 5000 ms.
+    pub connect_timeout_ms: Option<u64>,
+    /// Timeout of one HTTP request to the provider, including the whole streamed body.
+    /// Default 60000 ms.
+    pub request_timeout_ms: Option<u64>,
+    /// Retries after the first attempt on 408, 429, 5xx and transport errors. Default 2.
+    pub max_retries: Option<u32>,
+    /// First backoff before a retry; it doubles each time, with full jitter. Default 200 ms.
+    pub retry_initial_backoff_ms: Option<u64>,
+    /// Cap on one backoff, and on a `Retry-After` the gateway is willing to honour. Default 5000 ms.
+    pub retry_max_backoff_ms: Option<u64>,
+    /// Sampling temperature sent with each request. Default: not sent.
+    pub temperature: Option<f64>,
+    /// `max_tokens` sent with each request. Default: not sent.
+    pub max_tokens: Option<u32>,
+}
+
+/// The provider wire protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub enum ProviderKind {
+    #[serde(rename = "openai-compatible")]
+    OpenAiCompatible,
+}
+
+/// `[channels]`: the ways messages reach the gateway.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChannels {
+    #[serde(default)]
+    pub http: RawHttpChannel,
+}
+
+/// `[channels.http]`: the HTTP API.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttpChannel {
+    /// Serve the HTTP API. Default true; with false only `/health` answers.
+    pub enabled: Option<bool>,
+    /// When not empty, `/v1/messages` and `/v1/sessions/...` require
+    /// `Authorization: Bearer TOKEN`. Default: empty (open).
+    pub api_bearer_token: Option<String>,
+    /// Bearer token of the code-mode diagnostics endpoints; empty disables them. Default: empty.
+    pub diag_bearer_token: Option<String>,
+    /// Requests per minute to the diagnostics endpoints per client; 0 is unlimited. Default 120.
+    pub diag_rate_limit_per_minute: Option<u32>,
+    /// Longest accepted message `text`, in bytes of UTF-8. Default 32768.
+    pub max_text_bytes: Option<usize>,
+    /// Largest accepted request body, in bytes. Default 65536.
+    pub max_body_bytes: Option<usize>,
+}
+
+/// `[agent]`: how a turn runs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgent {
+    /// System message sent first in every request. Default: none.
+    pub system_prompt: Option<String>,
+    /// Most recent stored messages sent to the model with each turn. Default 40.
+    pub history_limit: Option<u32>,
+    /// Deadline of one turn, provider retries included. Default 120000 ms.
+    pub turn_timeout_ms: Option<u64>,
+}

@@ -1,0 +1,301 @@
+//! The validated configuration: every default applied, every value checked.
+//!
+//! Handlers and services only see these types. They serialize to TOML for `check-config`, with
+//! secrets masked by [`Secret`]'s own `Serialize`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::ConfigError;
+use super::raw::{
+    LogFormat, ProviderKind, RawAgent, RawApp, RawChannels, RawConfig, RawProvider, RawStore,
+};
+use super::secret::{Secret, mask_url_password};
+
+/// The gateway's settings after validation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub app: AppConfig,
+    pub store: StoreConfig,
+    pub providers: BTreeMap<String, ProviderConfig>,
+    pub channels: ChannelsConfig,
+    pub agent: AgentConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AppConfig {
+    pub bind: SocketAddr,
+    pub default_provider: String,
+    pub log_format: LogFormat,
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreConfig {
+    #[serde(serialize_with = "serialize_masked_url")]
+    pub url: String,
+    pub max_connections: u32,
+    pub busy_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProviderConfig {
+    pub kind: ProviderKind,
+    pub base_url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<Secret>,
+    pub model: String,
+    pub connect_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+    pub max_retries: u32,
+    pub retry_initial_backoff_ms: u64,
+    pub retry_max_backoff_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChannelsConfig {
+    pub http: HttpChannelConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpChannelConfig {
+    pub enabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_bearer_token: Option<Secret>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diag_bearer_token: Option<Secret>,
+    pub diag_rate_limit_per_minute: u32,
+    pub max_text_bytes: usize,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_prompt: Option<String>,
+    pub history_limit: u32,
+    pub turn_timeout_ms: u64,
+}
+
+impl AppConfig {
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+impl StoreConfig {
+    pub fn busy_timeout(&self) -> Duration {
+        Duration::from_millis(self.busy_timeout_ms)
+    }
+}
+
+impl AgentConfig {
+    pub fn turn_timeout(&self) -> Duration {
+        Duration::from_millis(self.turn_timeout_ms)
+    }
+}
+
+fn serialize_masked_url<S: serde::Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&mask_url_password(url))
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// Rejects zero for a setting where zero would disable the gateway rather than mean "none".
+fn positive(key: &str, value: u64) -> Result<u64, ConfigError> {
+    if value == 0 {
+        return Err(invalid(key, "must be greater than 0"));
+    }
+    Ok(value)
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
+        let providers = raw
+            .providers
+            .into_iter()
+            .map(|(name, provider)| validate_provider(&name, provider).map(|p| (name, p)))
+            .collect::<Result<BTreeMap<_, _>, _>>()?;
+        Ok(Self {
+            app: validate_app(raw.app, &providers)?,
+            store: validate_store(raw.store)?,
+            providers,
+            channels: ChannelsConfig {
+                http: validate_http(raw.channels)?,
+            },
+            agent: validate_agent(raw.agent)?,
+        })
+    }
+}
+
+fn validate_app(
+    raw: RawApp,
+    providers: &BTreeMap<String, ProviderConfig>,
+) -> Result<AppConfig, ConfigError> {
+    let bind_text = raw.bind.unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+    let bind = bind_text.parse::<SocketAddr>().map_err(|_| {
+        invalid(
+            "app.bind",
+            format!("`{bind_text}` is not an IP:PORT address, e.g. 127.0.0.1:8080"),
+        )
+    })?;
+    let default_provider = match raw.default_provider {
+        Some(name) if providers.contains_key(&name) => name,
+        Some(name) => {
+            let known = providers.keys().cloned().collect::<Vec<_>>().join(", ");
+            return Err(invalid(
+                "app.default_provider",
+                format!("no [providers.{name}] table; configured providers: [{known}]"),
+            ));
+        }
+        None => match providers.keys().collect::<Vec<_>>().as_slice() {
+            [only] => (*only).clone(),
+            [] => {
+                return Err(invalid(
+                    "providers",
+                    "no provider configured; add a [providers.NAME] table",
+                ));
+            }
+            _ => {
+                return Err(invalid(
+                    "app.default_provider",
+                    "several providers are configured; name the one that answers messages",
+                ));
+            }
+        },
+    };
+    Ok(AppConfig {
+        bind,
+        default_provider,
+        log_format: raw.log_format.unwrap_or_default(),
+        shutdown_grace_ms: raw.shutdown_grace_ms.unwrap_or(30_000),
+    })
+}
+
+fn validate_store(raw: RawStore) -> Result<StoreConfig, ConfigError> {
+    let url = raw
+        .url
+        .unwrap_or_else(|| "sqlite://xiaomaolv.db".to_owned());
+    if !url.starts_with("sqlite:") {
+        return Err(invalid(
+            "store.url",
+            format!(
+                "`{}` is not a supported store URL; use sqlite://PATH or sqlite::memory:",
+                mask_url_password(&url)
+            ),
+        ));
+    }
+    let max_connections = raw.max_connections.unwrap_or(8);
+    positive("store.max_connections", u64::from(max_connections))?;
+    Ok(StoreConfig {
+        url,
+        max_connections,
+        busy_timeout_ms: raw.busy_timeout_ms.unwrap_or(5_000),
+    })
+}
+
+fn validate_provider(name: &str, raw: RawProvider) -> Result<ProviderConfig, ConfigError> {
+    let key = |field: &str| format!("providers.{name}.{field}");
+    let base_url = raw.base_url.trim_end_matches('/').to_owned();
+    match reqwest::Url::parse(&base_url) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+        _ => {
+            return Err(invalid(
+                key("base_url"),
+                format!("`{base_url}` is not an http(s) URL, e.g. http://127.0.0.1:8081/v1"),
+            ));
+        }
+    }
+    if raw.model.trim().is_empty() {
+        return Err(invalid(key("model"), "must not be empty"));
+    }
+    if let Some(t) = raw.temperature
+        && !(0.0..=2.0).contains(&t)
+    {
+        return Err(invalid(
+            key("temperature"),
+            format!("{t} is outside 0.0..=2.0"),
+        ));
+    }
+    let initial = positive(
+        &key("retry_initial_backoff_ms"),
+        raw.retry_initial_backoff_ms.unwrap_or(200),
+    )?;
+    let max = positive(
+        &key("retry_max_backoff_ms"),
+        raw.retry_max_backoff_ms.unwrap_or(5_000),
+    )?;
+    if max < initial {
+        return Err(invalid(
+            key("retry_max_backoff_ms"),
+            format!("{max} is below retry_initial_backoff_ms ({initial})"),
+        ));
+    }
+    Ok(ProviderConfig {
+        kind: raw.kind,
+        base_url,
+        api_key: raw.api_key.and_then(Secret::non_empty),
+        model: raw.model,
+        connect_timeout_ms: positive(
+            &key("connect_timeout_ms"),
+            raw.connect_timeout_ms.unwrap_or(5_000),
+        )?,
+        request_timeout_ms: positive(
+            &key("request_timeout_ms"),
+            raw.request_timeout_ms.unwrap_or(60_000),
+        )?,
+        max_retries: raw.max_retries.unwrap_or(2),
+        retry_initial_backoff_ms: initial,
+        retry_max_backoff_ms: max,
+        temperature: raw.temperature,
+        max_tokens: raw.max_tokens,
+    })
+}
+
+fn validate_http(raw: RawChannels) -> Result<HttpChannelConfig, ConfigError> {
+    let raw = raw.http;
+    let max_text_bytes = raw.max_text_bytes.unwrap_or(32 * 1024);
+    let max_body_bytes = raw.max_body_bytes.unwrap_or(64 * 1024);
+    positive("channels.http.max_text_bytes", max_text_bytes as u64)?;
+    if max_body_bytes < max_text_bytes {
+        return Err(invalid(
+            "channels.http.max_body_bytes",
+            format!(
+                "{max_body_bytes} is below max_text_bytes ({max_text_bytes}); a text of the allowed size would not fit"
+            ),
+        ));
+    }
+    Ok(HttpChannelConfig {
+        enabled: raw.enabled.unwrap_or(true),
+        api_bearer_token: raw.api_bearer_token.and_then(Secret::non_empty),
+        diag_bearer_token: raw.diag_bearer_token.and_then(Secret::non_empty),
+        diag_rate_limit_per_minute: raw.diag_rate_limit_per_minute.unwrap_or(120),
+        max_text_bytes,
+        max_body_bytes,
+    })
+}
+
+fn validate_agent(raw: RawAgent) -> Result<AgentConfig, ConfigError> {
+    Ok(AgentConfig {
+        system_prompt: raw.system_prompt.filter(|p| !p.trim().is_empty()),
+        history_limit: raw.history_limit.unwrap_or(40),
+        turn_timeout_ms: positive(
+            "agent.turn_timeout_ms",
+            raw.turn_timeout_ms.unwrap_or(120_000),
+        )?,
+    })
+}

@@ -1,0 +1,127 @@
+//! The one error type of the HTTP API: each variant maps to a status and a JSON body.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::agent::AgentError;
+use crate::provider::ProviderError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    InvalidField { field: String, message: String },
+    #[error("{0}")]
+    InvalidBody(String),
+    #[error("Content-Type must be application/json, got {0}")]
+    UnsupportedMediaType(String),
+    #[error("request body is larger than {limit} bytes (channels.http.max_body_bytes)")]
+    PayloadTooLarge { limit: usize },
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidField {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Status code and a stable machine-readable type.
+    pub fn status_and_kind(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::InvalidField { .. } | Self::InvalidBody(_) => {
+                (StatusCode::BAD_REQUEST, "invalid_request")
+            }
+            Self::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Agent(AgentError::Provider(err)) => provider_status(err),
+            Self::Agent(AgentError::SessionBusy(_)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "session_busy")
+            }
+            Self::Agent(AgentError::Store(_)) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
+        }
+    }
+
+    fn client_message(&self) -> String {
+        match self {
+            Self::Agent(AgentError::Store(_)) => {
+                "the conversation store failed; the turn was not saved, try again".to_owned()
+            }
+            Self::Agent(AgentError::Provider(err)) => format!("model provider error: {err}"),
+            other => other.to_string(),
+        }
+    }
+}
+
+fn provider_status(err: &ProviderError) -> (StatusCode, &'static str) {
+    match err {
+        ProviderError::Timeout(_) | ProviderError::DeadlineExceeded => {
+            (StatusCode::GATEWAY_TIMEOUT, "provider_timeout")
+        }
+        ProviderError::Status { status: 429, .. } => {
+            (StatusCode::SERVICE_UNAVAILABLE, "provider_rate_limited")
+        }
+        ProviderError::Connect(_) => (StatusCode::SERVICE_UNAVAILABLE, "provider_unavailable"),
+        _ => (StatusCode::BAD_GATEWAY, "provider_error"),
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind) = self.status_and_kind();
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), kind, error = %self, "Request failed");
+        }
+        let field = match &self {
+            Self::InvalidField { field, .. } => Some(field.as_str()),
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                kind,
+                message: self.client_message(),
+                field,
+            },
+        };
+        let mut response = (status, Json(body)).into_response();
+        if matches!(self, Self::Unauthorized) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Self::Agent(AgentError::Provider(err)) = &self
+            && let Some(wait) = err.retry_after()
+        {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, wait.as_secs().max(1).into());
+        }
+        response
+    }
+}

@@ -1,0 +1,230 @@
+//! `POST /v1/messages`: one user message in, the agent's reply out, as JSON or Server-Sent Events.
+//!
+//! The turn runs in its own task, so a client that disconnects does not cancel it: the reply is
+//! still generated and stored, and shutdown waits for it.
+
+use std::convert::Infallible;
+
+use axum::Json;
+use axum::body::{Body, to_bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::{Stream, StreamExt, stream};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use super::validate_id;
+use crate::agent::{AgentError, TurnOutcome, TurnRequest};
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
+
+/// The JSON body of `POST /v1/messages`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageBody {
+    session_id: String,
+    user_id: String,
+    text: String,
+    #[serde(default)]
+    stream: bool,
+}
+
+/// What a streaming turn emits, in order: text fragments, then one final result.
+enum TurnEvent {
+    Delta(String),
+    Done(Box<Result<TurnOutcome, AgentError>>),
+}
+
+pub async fn post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = parse_body(&state, &headers, body).await?;
+    let wants_stream = body.stream || accepts_event_stream(&headers);
+    let request = TurnRequest {
+        session_id: body.session_id,
+        user_id: body.user_id,
+        text: body.text,
+    };
+    if wants_stream {
+        return stream_turn(state, request).await;
+    }
+    let agent = state.agent.clone();
+    let outcome = state
+        .turns
+        .spawn(async move { agent.run_turn(request, None).await })
+        .await
+        .expect("turn task panicked")?;
+    Ok(Json(outcome).into_response())
+}
+
+async fn parse_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<MessageBody, ApiError> {
+    check_content_type(headers)?;
+    let limit = state.http.max_body_bytes;
+    let bytes = to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge { limit })?;
+    let deserializer = &mut serde_json::Deserializer::from_slice(&bytes);
+    let body: MessageBody = serde_path_to_error::deserialize(deserializer).map_err(json_error)?;
+    validate_id("session_id", &body.session_id)?;
+    validate_id("user_id", &body.user_id)?;
+    validate_text(&body.text, state.http.max_text_bytes)?;
+    Ok(body)
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let value = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or("(not text)"));
+    let Some(value) = value else {
+        return Err(ApiError::UnsupportedMediaType(
+            "no Content-Type header".to_owned(),
+        ));
+    };
+    let mime = value.split(';').next().unwrap_or("").trim();
+    if mime.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(format!("`{value}`")))
+    }
+}
+
+/// Turns a serde error into one that names the offending field.
+fn json_error(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = err.path().to_string();
+    let inner = err.into_inner();
+    let message = strip_position(&inner.to_string());
+    if inner.is_syntax() || inner.is_eof() {
+        return ApiError::InvalidBody(format!("request body is not valid JSON: {message}"));
+    }
+    // Missing and unknown fields are reported at the parent, with the name in backticks.
+    let field = if path == "." || path.is_empty() {
+        backticked(&message)
+    } else {
+        Some(path)
+    };
+    match field {
+        Some(field) => ApiError::field(field, message),
+        None => ApiError::InvalidBody(format!("invalid request body: {message}")),
+    }
+}
+
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(at) => message[..at].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+fn backticked(message: &str) -> Option<String> {
+    let start = message.find('`')? + 1;
+    let end = start + message[start..].find('`')?;
+    Some(message[start..end].to_owned())
+}
+
+fn validate_text(text: &str, max_bytes: usize) -> Result<(), ApiError> {
+    if text.trim().is_empty() {
+        return Err(ApiError::field("text", "`text` must not be empty"));
+    }
+    if text.len() > max_bytes {
+        return Err(ApiError::field(
+            "text",
+            format!(
+                "`text` is {} bytes; the limit is {max_bytes} (channels.http.max_text_bytes)",
+                text.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn accepts_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|part| part.trim().starts_with("text/event-stream"))
+        })
+}
+
+/// Starts the turn and answers with an event stream once the first event is known.
+///
+/// Waiting for that first event lets a turn that fails before writing anything (provider down,
+/// rate limited) get a real HTTP error status instead of a 200 stream carrying an error.
+async fn stream_turn(state: AppState, request: TurnRequest) -> Result<Response, ApiError> {
+    let (event_tx, mut event_rx) = mpsc::unbounded_channel();
+    let agent = state.agent.clone();
+    state.turns.spawn(async move {
+        let (text_tx, mut text_rx) = mpsc::unbounded_channel();
+        let forward = async {
+            while let Some(text) = text_rx.recv().await {
+                let _ = event_tx.send(TurnEvent::Delta(text));
+            }
+        };
+        let turn = async {
+            let result = agent.run_turn(request, Some(&text_tx)).await;
+            drop(text_tx);
+            result
+        };
+        let (result, ()) = tokio::join!(turn, forward);
+        let _ = event_tx.send(TurnEvent::Done(Box::new(result)));
+    });
+
+    let first = event_rx
+        .recv()
+        .await
+        .expect("the turn task always sends a final event");
+    if let TurnEvent::Done(result) = first {
+        let outcome = (*result)?;
+        let events = stream::iter([Ok::<_, Infallible>(done_event(&outcome))]);
+        return Ok(sse_response(events));
+    }
+    let rest = UnboundedReceiverStream::new(event_rx);
+    let events = stream::iter([first]).chain(rest).map(to_sse_event);
+    Ok(sse_response(events))
+}
+
+fn sse_response(
+    events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static,
+) -> Response {
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+fn to_sse_event(event: TurnEvent) -> Result<Event, Infallible> {
+    Ok(match event {
+        TurnEvent::Delta(text) => Event::default()
+            .event("delta")
+            .data(json!({ "text": text }).to_string()),
+        TurnEvent::Done(result) => match *result {
+            Ok(outcome) => done_event(&outcome),
+            Err(err) => error_event(err),
+        },
+    })
+}
+
+fn done_event(outcome: &TurnOutcome) -> Event {
+    Event::default()
+        .event("done")
+        .data(serde_json::to_string(outcome).expect("outcome serializes"))
+}
+
+fn error_event(err: AgentError) -> Event {
+    let error = ApiError::Agent(err);
+    let (status, kind) = error.status_and_kind();
+    tracing::warn!(status = status.as_u16(), kind, error = %error, "Streaming turn failed");
+    let body = json!({ "error": { "type": kind, "status": status.as_u16(), "message": error.to_string() } });
+    Event::default().event("error").data(body.to_string())
+}

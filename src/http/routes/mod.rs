@@ -1,0 +1,36 @@
+//! Route handlers; each parses its input, calls one service, and shapes the response.
+
+pub mod health;
+pub mod messages;
+pub mod sessions;
+
+use super::error::ApiError;
+
+/// Longest accepted `session_id` or `user_id`, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// Checks a session or user id: not empty, at most [`MAX_ID_BYTES`], no control characters.
+pub fn validate_id(field: &str, value: &str) -> Result<(), ApiError> {
+    if value.trim().is_empty() {
+        return Err(ApiError::field(
+            field,
+            format!("`{field}` must not be empty"),
+        ));
+    }
+    if value.len() > MAX_ID_BYTES {
+        return Err(ApiError::field(
+            field,
+            format!(
+                "`{field}` is {} bytes; the limit is {MAX_ID_BYTES}",
+                value.len()
+            ),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ApiError::field(
+            field,
+            format!("`{field}` must not contain control characters"),
+        ));
+    }
+    Ok(())
+}

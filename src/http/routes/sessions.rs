@@ -1,0 +1,34 @@
+//! `GET /v1/sessions/{session_id}/messages`: the stored history of a session.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::Serialize;
+
+use super::validate_id;
+use crate::agent::AgentError;
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
+use crate::store::StoredMessage;
+
+#[derive(Serialize)]
+pub struct SessionHistory {
+    session_id: String,
+    messages: Vec<StoredMessage>,
+}
+
+pub async fn messages(
+    State(state): State<AppState>,
+    Path(session_id): Path<String>,
+) -> Result<Json<SessionHistory>, ApiError> {
+    validate_id("session_id", &session_id)?;
+    let messages = state
+        .store
+        .session_messages(&session_id)
+        .await
+        .map_err(AgentError::from)?
+        .ok_or_else(|| ApiError::NotFound(format!("session `{session_id}` not found")))?;
+    Ok(Json(SessionHistory {
+        session_id,
+        messages,
+    }))
+}

@@ -1,0 +1,305 @@
+//! The HTTP client of one OpenAI-compatible provider: requests, retries and streaming.
+
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::ProviderError;
+use super::completion::{Completion, CompletionBuilder};
+use super::retry::{RetryPolicy, parse_retry_after};
+use super::sse::SseDecoder;
+use super::wire::{ChatChunk, ChatCompletion, ChatMessage, ChatRequest, StreamOptions, ToolSpec};
+use crate::config::{ProviderConfig, Secret};
+
+/// Longest upstream error body quoted in an error message.
+const MAX_ERROR_BODY_CHARS: usize = 300;
+
+/// A client for one `[providers.NAME]` entry.
+#[derive(Debug, Clone)]
+pub struct ProviderClient {
+    name: String,
+    http: reqwest::Client,
+    endpoint: String,
+    api_key: Option<Secret>,
+    model: String,
+    temperature: Option<f64>,
+    max_tokens: Option<u32>,
+    request_timeout: Duration,
+    retry: RetryPolicy,
+}
+
+impl ProviderClient {
+    pub fn new(name: &str, config: &ProviderConfig) -> Result<Self, ProviderError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|err| ProviderError::Setup(err.to_string()))?;
+        Ok(Self {
+            name: name.to_owned(),
+            http,
+            endpoint: format!("{}/chat/completions", config.base_url),
+            api_key: config.api_key.clone(),
+            model: config.model.clone(),
+            temperature: config.temperature,
+            max_tokens: config.max_tokens,
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
+            retry: RetryPolicy {
+                max_retries: config.max_retries,
+                initial_backoff: Duration::from_millis(config.retry_initial_backoff_ms),
+                max_backoff: Duration::from_millis(config.retry_max_backoff_ms),
+            },
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn request(
+        &self,
+        messages: Vec<ChatMessage>,
+        tools: Vec<ToolSpec>,
+        stream: bool,
+    ) -> ChatRequest {
+        ChatRequest {
+            model: self.model.clone(),
+            messages,
+            tools,
+            stream,
+            stream_options: stream.then_some(StreamOptions {
+                include_usage: true,
+            }),
+            temperature: self.temperature,
+            max_tokens: self.max_tokens,
+        }
+    }
+
+    /// Sends one non-streaming request, retrying as the policy allows until `deadline`.
+    pub async fn complete(
+        &self,
+        messages: Vec<ChatMessage>,
+        tools: Vec<ToolSpec>,
+        deadline: Instant,
+    ) -> Result<Completion, ProviderError> {
+        let request = self.request(messages, tools, false);
+        let (response, timeout) = self.send_with_retries(&request, deadline).await?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|err| ProviderError::from_reqwest(err, timeout))?;
+        parse_completion(&bytes)
+    }
+
+    /// Sends one streaming request; each text fragment goes to `text_tx` as it arrives.
+    ///
+    /// Retries happen only before the first byte of the body is read, so no fragment is ever
+    /// sent twice. A server that ignores `stream: true` and answers with plain JSON still works.
+    pub async fn complete_streaming(
+        &self,
+        messages: Vec<ChatMessage>,
+        tools: Vec<ToolSpec>,
+        deadline: Instant,
+        text_tx: &mpsc::UnboundedSender<String>,
+    ) -> Result<Completion, ProviderError> {
+        let request = self.request(messages, tools, true);
+        let (response, timeout) = self.send_with_retries(&request, deadline).await?;
+        let is_event_stream = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if !is_event_stream {
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|err| ProviderError::from_reqwest(err, timeout))?;
+            let completion = parse_completion(&bytes)?;
+            if !completion.content.is_empty() {
+                let _ = text_tx.send(completion.content.clone());
+            }
+            return Ok(completion);
+        }
+        read_event_stream(response, timeout, text_tx).await
+    }
+
+    async fn send_with_retries(
+        &self,
+        request: &ChatRequest,
+        deadline: Instant,
+    ) -> Result<(reqwest::Response, Duration), ProviderError> {
+        let mut retry = 0;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(ProviderError::DeadlineExceeded);
+            }
+            let timeout = self.request_timeout.min(remaining);
+            let error = match self.send_once(request, timeout).await {
+                Ok(response) => return Ok((response, timeout)),
+                Err(error) => error,
+            };
+            let timed_out_by_deadline =
+                matches!(error, ProviderError::Timeout(_)) && timeout < self.request_timeout;
+            if timed_out_by_deadline {
+                return Err(ProviderError::DeadlineExceeded);
+            }
+            if !error.is_retryable() || retry >= self.retry.max_retries {
+                return Err(error);
+            }
+            let wait = match error.retry_after() {
+                Some(requested) if requested > self.retry.max_backoff => return Err(error),
+                Some(requested) => requested,
+                None => self.retry.backoff(retry),
+            };
+            if Instant::now() + wait >= deadline {
+                return Err(error);
+            }
+            retry += 1;
+            tracing::warn!(
+                provider = %self.name,
+                retry,
+                wait_ms = wait.as_millis() as u64,
+                error = %error,
+                "Retrying provider request"
+            );
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn send_once(
+        &self,
+        request: &ChatRequest,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, ProviderError> {
+        let mut builder = self
+            .http
+            .post(&self.endpoint)
+            .json(request)
+            .timeout(timeout);
+        if let Some(key) = &self.api_key {
+            builder = builder.bearer_auth(key.expose());
+        }
+        let response = builder
+            .send()
+            .await
+            .map_err(|err| ProviderError::from_reqwest(err, timeout))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        Err(status_error(response).await)
+    }
+}
+
+async fn status_error(response: reqwest::Response) -> ProviderError {
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+    let body = response.text().await.unwrap_or_default();
+    ProviderError::Status {
+        status,
+        message: upstream_message(&body),
+        retry_after,
+    }
+}
+
+/// The `error.message` of an OpenAI-style error body, else the start of the body.
+fn upstream_message(body: &str) -> String {
+    let parsed = serde_json::from_str::<serde_json::Value>(body).ok();
+    let message = parsed
+        .as_ref()
+        .and_then(|v| v.pointer("/error/message").or_else(|| v.get("error")))
+        .and_then(|v| v.as_str())
+        .unwrap_or(body)
+        .trim();
+    if message.is_empty() {
+        return "(empty body)".to_owned();
+    }
+    let mut cut: String = message.chars().take(MAX_ERROR_BODY_CHARS).collect();
+    if cut.len() < message.len() {
+        cut.push('…');
+    }
+    cut
+}
+
+fn parse_completion(bytes: &[u8]) -> Result<Completion, ProviderError> {
+    let response: ChatCompletion = serde_json::from_slice(bytes).map_err(|err| {
+        ProviderError::InvalidResponse(format!("body is not a chat completion: {err}"))
+    })?;
+    Completion::try_from(response)
+}
+
+async fn read_event_stream(
+    response: reqwest::Response,
+    timeout: Duration,
+    text_tx: &mpsc::UnboundedSender<String>,
+) -> Result<Completion, ProviderError> {
+    let mut decoder = SseDecoder::new();
+    let mut builder = CompletionBuilder::default();
+    let mut body = response.bytes_stream();
+    while let Some(piece) = body.next().await {
+        let piece = piece.map_err(|err| ProviderError::from_reqwest(err, timeout))?;
+        for event in decoder.push(&piece) {
+            if apply_event(&event.data, &mut builder, text_tx)?.is_break() {
+                return finish_stream(builder);
+            }
+        }
+    }
+    if let Some(event) = decoder.finish() {
+        let _ = apply_event(&event.data, &mut builder, text_tx)?;
+    }
+    finish_stream(builder)
+}
+
+fn apply_event(
+    data: &str,
+    builder: &mut CompletionBuilder,
+    text_tx: &mpsc::UnboundedSender<String>,
+) -> Result<std::ops::ControlFlow<()>, ProviderError> {
+    let data = data.trim();
+    if data == "[DONE]" {
+        return Ok(std::ops::ControlFlow::Break(()));
+    }
+    if data.is_empty() {
+        return Ok(std::ops::ControlFlow::Continue(()));
+    }
+    let value: serde_json::Value = serde_json::from_str(data).map_err(|err| {
+        ProviderError::InvalidResponse(format!("stream event is not JSON: {err}"))
+    })?;
+    if let Some(error) = value.get("error") {
+        let message = error
+            .get("message")
+            .and_then(|m| m.as_str())
+            .unwrap_or("unknown error");
+        return Err(ProviderError::InvalidResponse(format!(
+            "error event in stream: {message}"
+        )));
+    }
+    let chunk: ChatChunk = serde_json::from_value(value).map_err(|err| {
+        ProviderError::InvalidResponse(format!("stream event is not a chunk: {err}"))
+    })?;
+    if let Some(text) = builder.apply(chunk) {
+        let _ = text_tx.send(text);
+    }
+    Ok(std::ops::ControlFlow::Continue(()))
+}
+
+fn finish_stream(builder: CompletionBuilder) -> Result<Completion, ProviderError> {
+    if builder.is_empty() {
+        return Err(ProviderError::InvalidResponse(
+            "the stream ended without any choice".into(),
+        ));
+    }
+    Ok(builder.finish())
+}

@@ -1,0 +1,149 @@
+//! The model's answer to one request, and how streamed chunks add up to it.
+
+use serde_json::Value;
+
+use super::ProviderError;
+use super::wire::{
+    ChatChunk, ChatCompletion, FunctionCall, ToolArguments, ToolCall, Usage,
+    normalize_finish_reason,
+};
+
+/// The assistant's answer to one chat-completions request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub content: String,
+    pub tool_calls: Vec<ToolCall>,
+    /// `None` when the server never sent one (allowed: some servers omit it or send `""`).
+    pub finish_reason: Option<String>,
+    /// `None` when the server reported no usage; unknown is not zero.
+    pub usage: Option<Usage>,
+    pub model: Option<String>,
+}
+
+impl TryFrom<ChatCompletion> for Completion {
+    type Error = ProviderError;
+
+    fn try_from(response: ChatCompletion) -> Result<Self, ProviderError> {
+        let choice =
+            response.choices.into_iter().next().ok_or_else(|| {
+                ProviderError::InvalidResponse("the response has no choices".into())
+            })?;
+        Ok(Self {
+            content: choice.message.content.unwrap_or_default(),
+            tool_calls: choice.message.tool_calls,
+            finish_reason: normalize_finish_reason(choice.finish_reason),
+            usage: response.usage,
+            model: response.model,
+        })
+    }
+}
+
+/// Collects streamed chunks into a [`Completion`].
+#[derive(Debug, Default)]
+pub struct CompletionBuilder {
+    content: String,
+    tool_calls: Vec<PartialToolCall>,
+    finish_reason: Option<String>,
+    usage: Option<Usage>,
+    model: Option<String>,
+    saw_choice: bool,
+}
+
+#[derive(Debug, Default)]
+struct PartialToolCall {
+    index: Option<usize>,
+    id: String,
+    name: String,
+    arguments_text: String,
+    arguments_value: Option<Value>,
+}
+
+impl CompletionBuilder {
+    /// Applies one chunk and returns the text it adds, if any.
+    pub fn apply(&mut self, chunk: ChatChunk) -> Option<String> {
+        if chunk.usage.is_some() {
+            self.usage = chunk.usage;
+        }
+        if self.model.is_none() {
+            self.model = chunk.model;
+        }
+        let mut text = String::new();
+        for choice in chunk.choices {
+            self.saw_choice = true;
+            if let Some(piece) = choice.delta.content {
+                text.push_str(&piece);
+            }
+            for delta in choice.delta.tool_calls {
+                self.apply_tool_call(delta);
+            }
+            if let Some(reason) = normalize_finish_reason(choice.finish_reason) {
+                self.finish_reason = Some(reason);
+            }
+        }
+        self.content.push_str(&text);
+        (!text.is_empty()).then_some(text)
+    }
+
+    fn apply_tool_call(&mut self, delta: super::wire::ToolCallDelta) {
+        let position = match delta.index {
+            Some(index) => self.tool_calls.iter().position(|c| c.index == Some(index)),
+            // Without an index, a fragment carrying an id starts a new call.
+            None if delta.id.is_some() => None,
+            None => self.tool_calls.len().checked_sub(1),
+        };
+        let call = match position {
+            Some(position) => &mut self.tool_calls[position],
+            None => {
+                self.tool_calls.push(PartialToolCall {
+                    index: delta.index,
+                    ..Default::default()
+                });
+                self.tool_calls.last_mut().expect("just pushed")
+            }
+        };
+        if let Some(id) = delta.id.filter(|id| !id.is_empty()) {
+            call.id = id;
+        }
+        let Some(function) = delta.function else {
+            return;
+        };
+        if let Some(name) = function.name {
+            call.name.push_str(&name);
+        }
+        match function.arguments {
+            Some(Value::String(fragment)) => call.arguments_text.push_str(&fragment),
+            Some(Value::Null) | None => {}
+            Some(object) => call.arguments_value = Some(object),
+        }
+    }
+
+    /// Whether any choice arrived; a stream without one is not a valid answer.
+    pub fn is_empty(&self) -> bool {
+        !self.saw_choice
+    }
+
+    pub fn finish(self) -> Completion {
+        let tool_calls = self
+            .tool_calls
+            .into_iter()
+            .map(|call| ToolCall {
+                id: call.id,
+                kind: "function".to_owned(),
+                function: FunctionCall {
+                    name: call.name,
+                    arguments: match call.arguments_value {
+                        Some(value) => ToolArguments::from_value(value),
+                        None => ToolArguments::from_text(&call.arguments_text),
+                    },
+                },
+            })
+            .collect();
+        Completion {
+            content: self.content,
+            tool_calls,
+            finish_reason: self.finish_reason,
+            usage: self.usage,
+            model: self.model,
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! An incremental decoder for `text/event-stream` bodies.
+//!
+//! Bytes arrive in arbitrary pieces: an event may be split across reads, one read may hold several
+//! events, and lines may end in `\n`, `\r\n` or `\r`. The decoder buffers raw bytes and only decodes
+//! complete lines, so a multi-byte UTF-8 character split across reads is never mangled.
+
+/// One dispatched event: its `event:` name (if any) and its `data:` lines joined by `\n`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// Stateful decoder; feed it bytes with [`SseDecoder::push`].
+#[derive(Debug, Default)]
+pub struct SseDecoder {
+    buffer: Vec<u8>,
+    /// A `\r` ended the previous read, so a leading `\n` in the next one belongs to it.
+    pending_cr: bool,
+    event: Option<String>,
+    data: Vec<String>,
+    has_data: bool,
+}
+
+impl SseDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends `bytes` and returns every event completed by them.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
+        let mut bytes = bytes;
+        if self.pending_cr && bytes.first() == Some(&b'\n') {
+            bytes = &bytes[1..];
+        }
+        self.pending_cr = false;
+        self.buffer.extend_from_slice(bytes);
+
+        let mut events = Vec::new();
+        let mut start = 0;
+        let mut index = 0;
+        while index < self.buffer.len() {
+            match self.buffer[index] {
+                b'\n' => {
+                    self.take_line(start, index, &mut events);
+                    start = index + 1;
+                }
+                b'\r' => {
+                    self.take_line(start, index, &mut events);
+                    if index + 1 == self.buffer.len() {
+                        self.pending_cr = true;
+                    } else if self.buffer[index + 1] == b'\n' {
+                        index += 1;
+                    }
+                    start = index + 1;
+                }
+                _ => {}
+            }
+            index += 1;
+        }
+        self.buffer.drain(..start);
+        events
+    }
+
+    /// Dispatches a final event that the server did not terminate with a blank line.
+    pub fn finish(&mut self) -> Option<SseEvent> {
+        if !self.buffer.is_empty() {
+            let line = std::mem::take(&mut self.buffer);
+            self.field(&String::from_utf8_lossy(&line));
+        }
+        self.dispatch()
+    }
+
+    fn take_line(&mut self, start: usize, end: usize, events: &mut Vec<SseEvent>) {
+        if start == end {
+            events.extend(self.dispatch());
+            return;
+        }
+        let line = String::from_utf8_lossy(&self.buffer[start..end]).into_owned();
+        self.field(&line);
+    }
+
+    fn field(&mut self, line: &str) {
+        if line.starts_with(':') {
+            return;
+        }
+        let (name, value) = match line.split_once(':') {
+            Some((name, value)) => (name, value.strip_prefix(' ').unwrap_or(value)),
+            None => (line, ""),
+        };
+        match name {
+            "data" => {
+                self.data.push(value.to_owned());
+                self.has_data = true;
+            }
+            "event" => self.event = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+
+    fn dispatch(&mut self) -> Option<SseEvent> {
+        let event = self.event.take();
+        if !self.has_data {
+            return None;
+        }
+        self.has_data = false;
+        Some(SseEvent {
+            event,
+            data: std::mem::take(&mut self.data).join("\n"),
+        })
+    }
+}

@@ -1,0 +1,117 @@
+//! Conversation history behind the [`HistoryStore`] trait.
+//!
+//! Callers only see the trait, so a PostgreSQL implementation can be added without touching them.
+//! A turn is written with [`HistoryStore::save_turn`] in one transaction, after the model has
+//! answered, so no transaction is ever open while the gateway waits on a model.
+
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+pub use sqlite::SqliteStore;
+
+use crate::config::StoreConfig;
+use crate::provider::wire::{Role, Usage};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open store {url}: {source}")]
+    Open { url: String, source: sqlx::Error },
+    #[error("store migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("store query failed: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("stored row is invalid: {0}")]
+    Corrupt(String),
+}
+
+/// A message to store as part of a turn.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub role: Role,
+    pub content: String,
+    pub created_at_ms: i64,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub finish_reason: Option<String>,
+    pub usage: Option<Usage>,
+}
+
+/// Everything one turn adds to a session, written atomically.
+#[derive(Debug, Clone)]
+pub struct NewTurn {
+    pub session_id: String,
+    pub user_id: String,
+    pub turn_id: String,
+    pub messages: Vec<NewMessage>,
+}
+
+/// A message read back from the store.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredMessage {
+    pub id: i64,
+    pub turn_id: String,
+    pub role: Role,
+    pub content: String,
+    pub user_id: String,
+    pub created_at_ms: i64,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub finish_reason: Option<String>,
+    /// `None` when the provider reported no usage.
+    pub usage: Option<Usage>,
+}
+
+/// Durable conversation history.
+#[async_trait]
+pub trait HistoryStore: Send + Sync + 'static {
+    /// The last `limit` messages of a session, oldest first; empty for an unknown session.
+    async fn recent_messages(
+        &self,
+        session_id: &str,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, StoreError>;
+
+    /// All messages of a session, oldest first, or `None` when the session does not exist.
+    async fn session_messages(
+        &self,
+        session_id: &str,
+    ) -> Result<Option<Vec<StoredMessage>>, StoreError>;
+
+    /// Creates the session if needed and appends the turn's messages, all in one transaction.
+    async fn save_turn(&self, turn: &NewTurn) -> Result<(), StoreError>;
+
+    /// Checks that the store answers a trivial query.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Opens the store named by `config.url` and applies pending migrations.
+pub async fn open(config: &StoreConfig) -> Result<Arc<dyn HistoryStore>, StoreError> {
+    Ok(Arc::new(SqliteStore::open(config).await?))
+}
+
+pub(crate) fn role_from_str(role: &str) -> Result<Role, StoreError> {
+    match role {
+        "system" => Ok(Role::System),
+        "user" => Ok(Role::User),
+        "assistant" => Ok(Role::Assistant),
+        "tool" => Ok(Role::Tool),
+        other => Err(StoreError::Corrupt(format!("unknown role `{other}`"))),
+    }
+}
+
+pub(crate) fn usage_from_columns(
+    prompt: Option<i64>,
+    completion: Option<i64>,
+    total: Option<i64>,
+) -> Option<Usage> {
+    let (prompt, completion, total) = (prompt?, completion?, total?);
+    Some(Usage {
+        prompt_tokens: prompt.max(0) as u64,
+        completion_tokens: completion.max(0) as u64,
+        total_tokens: total.max(0) as u64,
+    })
+}

@@ -1,0 +1,169 @@
+//! SQLite history store: one file in WAL mode, migrations embedded in the binary.
+
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+
+use super::{HistoryStore, NewTurn, StoreError, StoredMessage, role_from_str, usage_from_columns};
+use crate::config::StoreConfig;
+
+/// Largest write-ahead log kept on disk after a checkpoint, in bytes.
+const JOURNAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
+
+const MESSAGE_COLUMNS: &str = "id, turn_id, role, content, user_id, created_at_ms, provider, \
+     model, finish_reason, prompt_tokens, completion_tokens, total_tokens";
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        let open_error = |source| StoreError::Open {
+            url: config.url.clone(),
+            source,
+        };
+        let options = SqliteConnectOptions::from_str(&config.url)
+            .map_err(open_error)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(config.busy_timeout())
+            .foreign_keys(true)
+            .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT_BYTES.to_string());
+        // An in-memory database exists once per connection, so it must use exactly one.
+        let max_connections = if config.url.contains(":memory:") {
+            1
+        } else {
+            config.max_connections
+        };
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await
+            .map_err(open_error)?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+fn message_from_row(row: &SqliteRow) -> Result<StoredMessage, StoreError> {
+    Ok(StoredMessage {
+        id: row.try_get("id")?,
+        turn_id: row.try_get("turn_id")?,
+        role: role_from_str(row.try_get("role")?)?,
+        content: row.try_get("content")?,
+        user_id: row.try_get("user_id")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        provider: row.try_get("provider")?,
+        model: row.try_get("model")?,
+        finish_reason: row.try_get("finish_reason")?,
+        usage: usage_from_columns(
+            row.try_get("prompt_tokens")?,
+            row.try_get("completion_tokens")?,
+            row.try_get("total_tokens")?,
+        ),
+    })
+}
+
+#[async_trait]
+impl HistoryStore for SqliteStore {
+    async fn recent_messages(
+        &self,
+        session_id: &str,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ? ORDER BY id DESC LIMIT ?"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(session_id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut messages = rows
+            .iter()
+            .map(message_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        messages.reverse();
+        Ok(messages)
+    }
+
+    async fn session_messages(
+        &self,
+        session_id: &str,
+    ) -> Result<Option<Vec<StoredMessage>>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let exists = sqlx::query("SELECT 1 FROM sessions WHERE id = ?")
+            .bind(session_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if !exists {
+            return Ok(None);
+        }
+        let sql =
+            format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ? ORDER BY id");
+        let rows = sqlx::query(&sql)
+            .bind(session_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(message_from_row)
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    async fn save_turn(&self, turn: &NewTurn) -> Result<(), StoreError> {
+        let now = turn.messages.last().map_or(0, |m| m.created_at_ms);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO sessions (id, created_at_ms, updated_at_ms) VALUES (?, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(&turn.session_id)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        for message in &turn.messages {
+            let usage = message.usage;
+            sqlx::query(
+                "INSERT INTO messages (session_id, turn_id, role, content, user_id, created_at_ms, \
+                 provider, model, finish_reason, prompt_tokens, completion_tokens, total_tokens) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&turn.session_id)
+            .bind(&turn.turn_id)
+            .bind(message.role.as_str())
+            .bind(&message.content)
+            .bind(&turn.user_id)
+            .bind(message.created_at_ms)
+            .bind(&message.provider)
+            .bind(&message.model)
+            .bind(&message.finish_reason)
+            .bind(usage.map(|u| u.prompt_tokens as i64))
+            .bind(usage.map(|u| u.completion_tokens as i64))
+            .bind(usage.map(|u| u.total_tokens as i64))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}

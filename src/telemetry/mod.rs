@@ -1,0 +1,20 @@
+//! Logging setup; metrics and the diagnostics snapshot will live here too.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Installs the global `tracing` subscriber, honouring `RUST_LOG` (default `info`).
+///
+/// Returns an error when a subscriber is already installed.
+pub fn init_logging(format: LogFormat) -> Result<(), String> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    result.map_err(|err| err.to_string())
+}

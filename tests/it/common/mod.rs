@@ -1,0 +1,14 @@
+//! Shared test fixtures: the scripted fake provider, the in-process gateway, the binary.
+
+#![allow(dead_code)]
+
+pub mod fake_openai;
+pub mod gateway;
+
+pub use fake_openai::{FakeOpenAi, Reply};
+pub use gateway::{Options, TestGateway, message};
+
+/// Path of the compiled `xiaomaolv` binary.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_xiaomaolv")
+}

@@ -1,0 +1,11 @@
+//! Integration tests: one binary, one module per area. `common` starts the gateway and the fakes.
+
+mod common;
+
+mod config;
+mod gateway_binary;
+mod http_api;
+mod provider;
+mod real_model;
+mod sse;
+mod store;
