@@ -1,1 +1,298 @@
-//! placeholder
+//! Config loading: variable expansion, errors that name the key and line, validation, masking.
+
+use std::collections::HashMap;
+
+use xiaomaolv::config::{Config, ConfigError, MASK};
+
+/// The minimal file that must work exactly as written.
+const MINIMAL: &str = r#"[app]
+bind = "127.0.0.1:8080"
+default_provider = "local"
+
+[store]
+url = "sqlite://xiaomaolv.db"
+
+[providers.local]
+kind = "openai-compatible"
+base_url = "${OPENAI_BASE_URL:-http://127.0.0.1:8081/v1}"
+api_key = "${OPENAI_API_KEY:-}"
+model = "${OPENAI_MODEL:-smollm2}"
+
+[channels.http]
+enabled = true
+diag_bearer_token = "${HTTP_DIAG_BEARER_TOKEN:-}"
+diag_rate_limit_per_minute = 120
+"#;
+
+fn parse_with(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let env: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Config::parse(text, "test.toml", &|name| env.get(name).cloned())
+}
+
+fn error_text(text: &str, vars: &[(&str, &str)]) -> String {
+    parse_with(text, vars)
+        .expect_err("config should be rejected")
+        .to_string()
+}
+
+#[test]
+fn minimal_file_uses_defaults_when_env_unset() {
+    let config = parse_with(MINIMAL, &[]).unwrap();
+    let provider = &config.providers["local"];
+    assert_eq!(config.app.bind.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.app.default_provider, "local");
+    assert_eq!(provider.base_url, "http://127.0.0.1:8081/v1");
+    assert_eq!(provider.model, "smollm2");
+    assert!(provider.api_key.is_none());
+    assert!(config.channels.http.enabled);
+    assert!(config.channels.http.diag_bearer_token.is_none());
+    assert_eq!(config.channels.http.diag_rate_limit_per_minute, 120);
+    assert_eq!(config.store.url, "sqlite://xiaomaolv.db");
+}
+
+#[test]
+fn minimal_file_takes_values_from_env() {
+    let config = parse_with(
+        MINIMAL,
+        &[
+            ("OPENAI_BASE_URL", "https://api.example.test/v1"),
+            ("OPENAI_API_KEY", "sk-test"),
+            ("OPENAI_MODEL", "gpt-x"),
+            ("HTTP_DIAG_BEARER_TOKEN", "diag-token"),
+        ],
+    )
+    .unwrap();
+    let provider = &config.providers["local"];
+    assert_eq!(provider.base_url, "https://api.example.test/v1");
+    assert_eq!(provider.api_key.as_ref().unwrap().expose(), "sk-test");
+    assert_eq!(provider.model, "gpt-x");
+    assert_eq!(
+        config
+            .channels
+            .http
+            .diag_bearer_token
+            .as_ref()
+            .unwrap()
+            .expose(),
+        "diag-token"
+    );
+}
+
+#[test]
+fn empty_variable_falls_back_to_default() {
+    let config = parse_with(MINIMAL, &[("OPENAI_MODEL", "")]).unwrap();
+    assert_eq!(config.providers["local"].model, "smollm2");
+}
+
+#[test]
+fn variable_expands_in_middle_of_string() {
+    let text = MINIMAL.replace(
+        "base_url = \"${OPENAI_BASE_URL:-http://127.0.0.1:8081/v1}\"",
+        "base_url = \"http://${HOST}:${PORT:-9000}/v1\"",
+    );
+    let config = parse_with(&text, &[("HOST", "10.1.2.3")]).unwrap();
+    assert_eq!(
+        config.providers["local"].base_url,
+        "http://10.1.2.3:9000/v1"
+    );
+}
+
+#[test]
+fn unset_variable_names_variable_and_key() {
+    let text = MINIMAL.replace("${HTTP_DIAG_BEARER_TOKEN:-}", "${HTTP_DIAG_BEARER_TOKEN}");
+    let message = error_text(&text, &[]);
+    assert!(message.contains("HTTP_DIAG_BEARER_TOKEN"), "{message}");
+    assert!(
+        message.contains("channels.http.diag_bearer_token"),
+        "{message}"
+    );
+}
+
+#[test]
+fn unset_variable_never_becomes_literal_or_empty() {
+    let text = MINIMAL.replace("${OPENAI_MODEL:-smollm2}", "${OPENAI_MODEL}");
+    assert!(matches!(
+        parse_with(&text, &[]),
+        Err(ConfigError::Expand { .. })
+    ));
+}
+
+#[test]
+fn variable_inside_array_names_index() {
+    let text = format!("{MINIMAL}\n[agent]\nsystem_prompt = \"${{PROMPT}}\"\n");
+    let message = error_text(&text, &[]);
+    assert!(message.contains("agent.system_prompt"), "{message}");
+}
+
+#[test]
+fn expanded_value_cannot_inject_toml() {
+    let config = parse_with(MINIMAL, &[("OPENAI_MODEL", "m\"\n[evil]\nx = 1")]).unwrap();
+    assert_eq!(config.providers["local"].model, "m\"\n[evil]\nx = 1");
+}
+
+#[test]
+fn unknown_key_names_key_and_line() {
+    let text = MINIMAL.replace("enabled = true", "enabled = true\ndiag_tokn = \"x\"");
+    let message = error_text(&text, &[]);
+    assert!(message.contains("test.toml:16:"), "{message}");
+    assert!(message.contains("channels.http.diag_tokn"), "{message}");
+    assert!(message.contains("unknown field"), "{message}");
+}
+
+#[test]
+fn unknown_table_names_key() {
+    let message = error_text(&format!("{MINIMAL}\n[metrics]\nx = 1\n"), &[]);
+    assert!(message.contains("metrics"), "{message}");
+    assert!(message.contains("unknown field"), "{message}");
+}
+
+#[test]
+fn wrong_type_names_key_and_line() {
+    let text = MINIMAL.replace(
+        "diag_rate_limit_per_minute = 120",
+        "diag_rate_limit_per_minute = \"many\"",
+    );
+    let message = error_text(&text, &[]);
+    assert!(message.contains("test.toml:17:"), "{message}");
+    assert!(
+        message.contains("channels.http.diag_rate_limit_per_minute"),
+        "{message}"
+    );
+}
+
+#[test]
+fn unknown_key_error_does_not_show_expanded_secret() {
+    let text = MINIMAL.replace("api_key = ", "apikey = ");
+    let message = error_text(&text, &[("OPENAI_API_KEY", "sk-very-secret")]);
+    assert!(!message.contains("sk-very-secret"), "{message}");
+    assert!(message.contains("providers.local.apikey"), "{message}");
+}
+
+#[test]
+fn syntax_error_names_line() {
+    let message = error_text("[app]\nbind = \"127.0.0.1:8080\n", &[]);
+    assert!(message.starts_with("test.toml:2:"), "{message}");
+}
+
+#[test]
+fn invalid_values_name_key() {
+    let cases = [
+        (
+            "bind = \"127.0.0.1:8080\"",
+            "bind = \"localhost\"",
+            "app.bind",
+        ),
+        (
+            "default_provider = \"local\"",
+            "default_provider = \"remote\"",
+            "app.default_provider",
+        ),
+        (
+            "base_url = \"${OPENAI_BASE_URL:-http://127.0.0.1:8081/v1}\"",
+            "base_url = \"127.0.0.1:8081\"",
+            "providers.local.base_url",
+        ),
+        (
+            "model = \"${OPENAI_MODEL:-smollm2}\"",
+            "model = \"  \"",
+            "providers.local.model",
+        ),
+        (
+            "kind = \"openai-compatible\"",
+            "kind = \"anthropic\"",
+            "providers.local.kind",
+        ),
+        (
+            "url = \"sqlite://xiaomaolv.db\"",
+            "url = \"mysql://db\"",
+            "store.url",
+        ),
+    ];
+    for (from, to, key) in cases {
+        let message = error_text(&MINIMAL.replace(from, to), &[]);
+        assert!(message.contains(key), "{to}: {message}");
+    }
+}
+
+#[test]
+fn zero_timeouts_are_rejected() {
+    let text = format!("{MINIMAL}\n[agent]\nturn_timeout_ms = 0\n");
+    assert!(error_text(&text, &[]).contains("agent.turn_timeout_ms"));
+}
+
+#[test]
+fn no_provider_is_an_error() {
+    let message = error_text("[app]\nbind = \"127.0.0.1:1\"\n", &[]);
+    assert!(message.contains("[providers.NAME]"), "{message}");
+}
+
+#[test]
+fn masked_settings_hide_secrets() {
+    let text = MINIMAL.replace("sqlite://xiaomaolv.db", "sqlite://history.db");
+    let config = parse_with(
+        &text,
+        &[
+            ("OPENAI_API_KEY", "sk-abc123"),
+            ("HTTP_DIAG_BEARER_TOKEN", "diag-xyz"),
+        ],
+    )
+    .unwrap();
+    let printed = config.to_masked_toml();
+    assert!(!printed.contains("sk-abc123"), "{printed}");
+    assert!(!printed.contains("diag-xyz"), "{printed}");
+    assert!(printed.contains(MASK), "{printed}");
+    assert!(!format!("{config:?}").contains("sk-abc123"));
+}
+
+#[test]
+fn example_file_is_valid_and_documents_every_key() {
+    let text = std::fs::read_to_string("config/xiaomaolv.example.toml").unwrap();
+    let config = parse_with(&text, &[]).unwrap();
+    let with_optionals = text
+        .replace("# temperature = ", "temperature = ")
+        .replace("# max_tokens = ", "max_tokens = ")
+        .replace("# system_prompt = ", "system_prompt = ");
+    let full = parse_with(
+        &with_optionals,
+        &[
+            ("HTTP_API_BEARER_TOKEN", "t"),
+            ("OPENAI_API_KEY", "k"),
+            ("HTTP_DIAG_BEARER_TOKEN", "d"),
+        ],
+    )
+    .unwrap();
+    let effective: toml::Table = toml::from_str(&full.to_masked_toml()).unwrap();
+    for key in leaf_keys(&effective) {
+        assert!(
+            text.contains(&format!("{key} =")),
+            "example does not document `{key}`"
+        );
+    }
+    assert_eq!(config.app.bind.to_string(), "127.0.0.1:8080");
+}
+
+#[test]
+fn embedded_defaults_are_valid() {
+    let config =
+        Config::parse(xiaomaolv::config::EMBEDDED_DEFAULTS, "embedded", &|_| None).unwrap();
+    assert_eq!(config.app.bind.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.store.url, "sqlite://xiaomaolv.db");
+    assert_eq!(
+        config.providers["local"].base_url,
+        "http://127.0.0.1:8081/v1"
+    );
+}
+
+fn leaf_keys(table: &toml::Table) -> Vec<String> {
+    let mut keys = Vec::new();
+    for (key, value) in table {
+        match value {
+            toml::Value::Table(inner) => keys.extend(leaf_keys(inner)),
+            _ => keys.push(key.clone()),
+        }
+    }
+    keys
+}
