@@ -106,13 +106,11 @@ fn json_error(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     if inner.is_syntax() || inner.is_eof() {
         return ApiError::InvalidBody(format!("request body is not valid JSON: {message}"));
     }
-    // Missing and unknown fields are reported at the parent, with the name in backticks.
-    let field = if path == "." || path.is_empty() {
-        backticked(&message)
-    } else {
-        Some(path)
-    };
-    match field {
+    if path != "." && !path.is_empty() {
+        return ApiError::field(&path, format!("`{path}`: {message}"));
+    }
+    // Missing and unknown fields are reported at the root, with the name in backticks.
+    match backticked(&message) {
         Some(field) => ApiError::field(field, message),
         None => ApiError::InvalidBody(format!("invalid request body: {message}")),
     }

@@ -44,11 +44,9 @@ base_url = "{provider_url}"
 model = "fake-model"
 retry_initial_backoff_ms = 10
 retry_max_backoff_ms = 2000
-request_timeout_ms = 3000
 {provider}
 
 [channels.http]
-enabled = true
 {http}
 
 [agent]
