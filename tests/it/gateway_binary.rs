@@ -1,1 +1,229 @@
-//! placeholder
+//! The real binary: `check-config`, embedded defaults, JSON logs without secrets, SIGTERM.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::process::GatewayProcess;
+use crate::common::{FakeOpenAi, Reply, binary, message};
+
+fn write_config(dir: &tempfile::TempDir, text: &str) -> String {
+    let path = dir.path().join("xiaomaolv.toml");
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+fn config_for(provider_url: &str, extra_provider: &str) -> String {
+    format!(
+        r#"[app]
+bind = "127.0.0.1:0"
+default_provider = "fake"
+shutdown_grace_ms = 5000
+
+[store]
+url = "sqlite://history.db"
+
+[providers.fake]
+kind = "openai-compatible"
+base_url = "{provider_url}"
+model = "fake-model"
+{extra_provider}
+"#
+    )
+}
+
+fn check_config(path: &str, env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut command = Command::new(binary());
+    command.arg("check-config").arg(path).env_clear();
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().unwrap();
+    (
+        output.status.code().unwrap(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn check_config_prints_settings_with_secrets_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}\n[channels.http]\napi_bearer_token = \"${{API_TOKEN}}\"\n",
+        config_for("http://127.0.0.1:9/v1", "api_key = \"${KEY}\"")
+    );
+    let path = write_config(&dir, &text);
+    let (code, stdout, stderr) = check_config(
+        &path,
+        &[("KEY", "sk-live-abcdef"), ("API_TOKEN", "tok-123456")],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("base_url = \"http://127.0.0.1:9/v1\""),
+        "{stdout}"
+    );
+    assert!(stdout.contains("api_key = \"********\""), "{stdout}");
+    assert!(
+        stdout.contains("api_bearer_token = \"********\""),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("sk-live-abcdef") && !stderr.contains("sk-live-abcdef"));
+    assert!(!stdout.contains("tok-123456"));
+    assert!(stderr.contains("configuration is valid"), "{stderr}");
+}
+
+#[test]
+fn check_config_fails_on_unknown_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_for("http://127.0.0.1:9/v1", "modle = \"x\"");
+    let path = write_config(&dir, &text);
+    let (code, stdout, stderr) = check_config(&path, &[]);
+    assert_ne!(code, 0);
+    assert!(stdout.is_empty());
+    assert!(stderr.contains("providers.fake.modle"), "{stderr}");
+    assert!(stderr.contains(":13:"), "{stderr}");
+}
+
+#[test]
+fn check_config_fails_on_unset_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_for("${PROVIDER_URL}", "");
+    let path = write_config(&dir, &text);
+    let (code, _, stderr) = check_config(&path, &[]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("PROVIDER_URL"), "{stderr}");
+    assert!(stderr.contains("providers.fake.base_url"), "{stderr}");
+}
+
+#[test]
+fn check_config_fails_on_missing_file() {
+    let (code, _, stderr) = check_config("/nonexistent/xiaomaolv.toml", &[]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("/nonexistent/xiaomaolv.toml"), "{stderr}");
+}
+
+#[tokio::test]
+async fn serves_on_embedded_defaults() {
+    let fake = FakeOpenAi::start().await;
+    fake.push(Reply::text("from defaults"));
+    let dir = tempfile::tempdir().unwrap();
+    let base_url = fake.base_url();
+    let gateway = GatewayProcess::start(
+        dir.path(),
+        &[],
+        &[
+            ("XIAOMAOLV_BIND", "127.0.0.1:0"),
+            ("OPENAI_BASE_URL", &base_url),
+            ("OPENAI_MODEL", "m1"),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let response = client
+        .post(gateway.url("/v1/messages"))
+        .json(&message("s1", "hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["reply"],
+        "from defaults"
+    );
+    assert_eq!(fake.requests()[0].body["model"], "m1");
+    assert!(
+        dir.path().join("xiaomaolv.db").exists(),
+        "default store file in the working directory"
+    );
+}
+
+#[tokio::test]
+async fn logs_are_json_and_never_contain_the_api_key() {
+    let fake = FakeOpenAi::start().await;
+    fake.push(Reply::status(401, r#"{"error":{"message":"invalid key"}}"#));
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, &config_for(&fake.base_url(), "api_key = \"${KEY}\""));
+    let mut gateway = GatewayProcess::start(
+        dir.path(),
+        &["--config", &path],
+        &[("KEY", "sk-never-log-me")],
+    );
+    let client = reqwest::Client::new();
+    let response = client
+        .post(gateway.url("/v1/messages"))
+        .json(&message("s1", "hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let body = response.text().await.unwrap();
+    assert!(!body.contains("sk-never-log-me"));
+    assert_eq!(
+        fake.requests()[0].authorization.as_deref(),
+        Some("Bearer sk-never-log-me")
+    );
+
+    gateway.signal("TERM");
+    assert_eq!(gateway.wait_exit(Duration::from_secs(10)), Some(0));
+    gateway.drain_log(Duration::from_secs(2));
+    assert!(gateway.log.len() >= 3);
+    for line in &gateway.log {
+        assert!(
+            serde_json::from_str::<Value>(line).is_ok(),
+            "not JSON: {line}"
+        );
+        assert!(!line.contains("sk-never-log-me"), "secret in log: {line}");
+    }
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_turn_finish() {
+    let fake = FakeOpenAi::start().await;
+    fake.push(Reply::text("made it").after(Duration::from_millis(800)));
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, &config_for(&fake.base_url(), ""));
+    let mut gateway = GatewayProcess::start(dir.path(), &["--config", &path], &[]);
+
+    let url = gateway.url("/v1/messages");
+    let in_flight = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .json(&message("s1", "hi"))
+            .send()
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gateway.signal("TERM");
+    gateway.wait_for_log("Shutdown signal received", Duration::from_secs(5));
+
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.json::<Value>().await.unwrap()["reply"], "made it");
+    assert_eq!(gateway.wait_exit(Duration::from_secs(10)), Some(0));
+    let refused = reqwest::Client::new()
+        .get(gateway.url("/health"))
+        .send()
+        .await;
+    assert!(refused.is_err());
+}
+
+#[tokio::test]
+async fn warns_when_exposed_without_api_token() {
+    let fake = FakeOpenAi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_for(&fake.base_url(), "").replace("127.0.0.1:0", "0.0.0.0:0");
+    let path = write_config(&dir, &text);
+    let mut gateway = GatewayProcess::start(dir.path(), &["--config", &path], &[]);
+    let warning = gateway
+        .log
+        .iter()
+        .find(|l| l.contains("non-loopback"))
+        .cloned();
+    let warning = warning.unwrap_or_else(|| {
+        gateway
+            .wait_for_log("non-loopback", Duration::from_secs(5))
+            .to_string()
+    });
+    assert!(warning.contains("WARN"), "{warning}");
+}
