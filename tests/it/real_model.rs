@@ -1,1 +1,149 @@
-//! placeholder
+//! End to end against a real model: SmolLM2-135M-Instruct served by llama.cpp's
+//! OpenAI-compatible server (`scripts/local-model.sh`), and the real gateway binary.
+//!
+//! The first run installs the model server into `target/model-venv`, which compiles llama.cpp
+//! (about ten minutes on two cores); `.ci/run` does that before the tests start.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use crate::common::process::GatewayProcess;
+
+struct ModelServer {
+    child: Child,
+    base_url: String,
+}
+
+impl ModelServer {
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log =
+            std::fs::File::create(std::env::temp_dir().join(format!("model-{port}.log"))).unwrap();
+        let child = Command::new("scripts/local-model.sh")
+            .args(["serve", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("scripts/local-model.sh starts");
+        let server = Self {
+            child,
+            base_url: format!("http://127.0.0.1:{port}/v1"),
+        };
+        server.wait_ready(Duration::from_secs(900)).await;
+        server
+    }
+
+    async fn wait_ready(&self, timeout: Duration) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let ready = client.get(format!("{}/models", self.base_url)).send().await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        panic!("model server did not answer within {timeout:?}");
+    }
+}
+
+impl Drop for ModelServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn real_model_replies_and_history_is_stored() {
+    let model = ModelServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"[app]
+bind = "127.0.0.1:0"
+default_provider = "local"
+
+[store]
+url = "sqlite://history.db"
+
+[providers.local]
+kind = "openai-compatible"
+base_url = "{}"
+model = "smollm2"
+max_tokens = 48
+temperature = 0.0
+"#,
+        model.base_url
+    );
+    let path = dir.path().join("xiaomaolv.toml");
+    std::fs::write(&path, config).unwrap();
+    let gateway = GatewayProcess::start(dir.path(), &["--config", path.to_str().unwrap()], &[]);
+    let client = reqwest::Client::new();
+
+    let body = json!({ "session_id": "real-1", "user_id": "tester", "text": "What is the capital of France?" });
+    let response = client
+        .post(gateway.url("/v1/messages"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let reply: Value = response.json().await.unwrap();
+    let text = reply["reply"].as_str().unwrap();
+    assert!(!text.trim().is_empty(), "{reply}");
+    assert!(
+        reply["usage"]["completion_tokens"].as_u64().unwrap() > 0,
+        "{reply}"
+    );
+
+    let streamed = json!({ "session_id": "real-1", "user_id": "tester", "text": "Say it again.", "stream": true });
+    let response = client
+        .post(gateway.url("/v1/messages"))
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut sse = String::new();
+    let mut stream = response.bytes_stream();
+    while let Some(piece) = stream.next().await {
+        sse.push_str(&String::from_utf8_lossy(&piece.unwrap()));
+    }
+    let deltas: String = sse
+        .split("\n\n")
+        .filter(|block| block.starts_with("event: delta"))
+        .map(|block| {
+            let data: Value = serde_json::from_str(block.split_once("data: ").unwrap().1).unwrap();
+            data["text"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let done = sse
+        .split("\n\n")
+        .find(|block| block.starts_with("event: done"))
+        .expect("done event");
+    let done: Value = serde_json::from_str(done.split_once("data: ").unwrap().1).unwrap();
+    assert_eq!(deltas, done["reply"].as_str().unwrap());
+    assert!(!deltas.trim().is_empty());
+
+    let history: Value = client
+        .get(gateway.url("/v1/sessions/real-1/messages"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let messages = history["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 4);
+    assert_eq!(messages[0]["content"], "What is the capital of France?");
+    assert_eq!(messages[1]["role"], "assistant");
+    assert_eq!(messages[1]["content"], text);
+    assert_eq!(messages[3]["content"].as_str().unwrap(), deltas);
+}
