@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Builds and runs the gateway on its embedded defaults against a local SmolLM2 model.
+#
+# Starts the model server on 127.0.0.1:8081 (installing it first if needed), waits until it
+# answers, then runs `xiaomaolv serve` on 127.0.0.1:8080. Ctrl-C stops both.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+scripts/local-model.sh install
+mkdir -p target
+scripts/local-model.sh serve 8081 >target/model-server.log 2>&1 &
+model_pid=$!
+trap 'kill "$model_pid" 2>/dev/null || true' EXIT
+
+echo "waiting for the model server on 127.0.0.1:8081 (log: target/model-server.log)" >&2
+for _ in $(seq 1 600); do
+    if curl -fsS http://127.0.0.1:8081/v1/models >/dev/null 2>&1; then
+        break
+    fi
+    if ! kill -0 "$model_pid" 2>/dev/null; then
+        echo "the model server exited; see target/model-server.log" >&2
+        exit 1
+    fi
+    sleep 0.5
+done
+
+cargo run --release -- serve "$@"
