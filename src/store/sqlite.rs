@@ -18,9 +18,15 @@ const JOURNAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
 const MESSAGE_COLUMNS: &str = "id, turn_id, role, content, user_id, created_at_ms, provider, \
      model, finish_reason, prompt_tokens, completion_tokens, total_tokens";
 
+/// SQLite history with one writer connection and a pool of readers.
+///
+/// SQLite allows one writer at a time. Letting several pooled connections race for the write lock
+/// makes the losers sleep in SQLite's busy handler (in steps of up to 100 ms), so writes queue on
+/// the single writer connection instead, asynchronously, while reads run in parallel under WAL.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    reader: SqlitePool,
+    writer: SqlitePool,
 }
 
 impl SqliteStore {
@@ -37,23 +43,28 @@ impl SqliteStore {
             .busy_timeout(config.busy_timeout())
             .foreign_keys(true)
             .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT_BYTES.to_string());
-        // An in-memory database exists once per connection, so it must use exactly one.
-        let max_connections = if config.url.contains(":memory:") {
-            1
+        let writer = pool(options.clone(), 1).await.map_err(open_error)?;
+        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        // An in-memory database exists once per connection, so it must use the writer alone.
+        let reader = if config.url.contains(":memory:") {
+            writer.clone()
         } else {
-            config.max_connections
+            pool(options.read_only(true), config.max_connections)
+                .await
+                .map_err(open_error)?
         };
-        let pool = SqlitePoolOptions::new()
-            .max_connections(max_connections)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(options)
-            .await
-            .map_err(open_error)?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self { reader, writer })
     }
+}
+
+async fn pool(options: SqliteConnectOptions, size: u32) -> Result<SqlitePool, sqlx::Error> {
+    SqlitePoolOptions::new()
+        .max_connections(size)
+        .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_with(options)
+        .await
 }
 
 fn message_from_row(row: &SqliteRow) -> Result<StoredMessage, StoreError> {
@@ -88,7 +99,7 @@ impl HistoryStore for SqliteStore {
         let rows = sqlx::query(&sql)
             .bind(session_id)
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reader)
             .await?;
         let mut messages = rows
             .iter()
@@ -102,7 +113,7 @@ impl HistoryStore for SqliteStore {
         &self,
         session_id: &str,
     ) -> Result<Option<Vec<StoredMessage>>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.reader.begin().await?;
         let exists = sqlx::query("SELECT 1 FROM sessions WHERE id = ?")
             .bind(session_id)
             .fetch_optional(&mut *tx)
@@ -126,7 +137,7 @@ impl HistoryStore for SqliteStore {
 
     async fn save_turn(&self, turn: &NewTurn) -> Result<(), StoreError> {
         let now = turn.messages.last().map_or(0, |m| m.created_at_ms);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "INSERT INTO sessions (id, created_at_ms, updated_at_ms) VALUES (?, ?, ?) \
              ON CONFLICT (id) DO UPDATE SET updated_at_ms = excluded.updated_at_ms",
@@ -163,7 +174,7 @@ impl HistoryStore for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
     }
 }

@@ -171,3 +171,22 @@ async fn data_survives_reopen() {
         2
     );
 }
+
+#[tokio::test]
+async fn in_memory_store_reads_its_writes() {
+    let config = StoreConfig {
+        url: "sqlite::memory:".to_owned(),
+        max_connections: 4,
+        busy_timeout_ms: 5000,
+    };
+    let store = SqliteStore::open(&config).await.unwrap();
+    store
+        .save_turn(&turn("s1", "t1", "q", "a", None))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.session_messages("s1").await.unwrap().unwrap().len(),
+        2
+    );
+    assert_eq!(store.recent_messages("s1", 10).await.unwrap().len(), 2);
+}
