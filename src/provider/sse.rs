@@ -29,6 +29,11 @@ impl SseDecoder {
 
     /// Appends `bytes` and returns every event completed by them.
     pub fn push(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
+        // An empty read must keep `pending_cr`, or the `\n` of a split `\r\n` would count as a
+        // blank line and end the event early.
+        if bytes.is_empty() {
+            return Vec::new();
+        }
         let mut bytes = bytes;
         if self.pending_cr && bytes.first() == Some(&b'\n') {
             bytes = &bytes[1..];
