@@ -95,7 +95,7 @@ impl ProviderClient {
         let bytes = response
             .bytes()
             .await
-            .map_err(|err| ProviderError::from_reqwest(err, timeout))?;
+            .map_err(|err| self.attribute_timeout(ProviderError::from_reqwest(err, timeout)))?;
         parse_completion(&bytes)
     }
 
@@ -128,7 +128,20 @@ impl ProviderClient {
             }
             return Ok(completion);
         }
-        read_event_stream(response, timeout, text_tx).await
+        read_event_stream(response, timeout, text_tx)
+            .await
+            .map_err(|err| self.attribute_timeout(err))
+    }
+
+    /// Reports a timeout as `DeadlineExceeded` when the turn's deadline, not
+    /// `request_timeout_ms`, set the timeout that fired.
+    fn attribute_timeout(&self, error: ProviderError) -> ProviderError {
+        match error {
+            ProviderError::Timeout(timeout) if timeout < self.request_timeout => {
+                ProviderError::DeadlineExceeded
+            }
+            other => other,
+        }
     }
 
     async fn send_with_retries(
@@ -147,10 +160,9 @@ impl ProviderClient {
                 Ok(response) => return Ok((response, timeout)),
                 Err(error) => error,
             };
-            let timed_out_by_deadline =
-                matches!(error, ProviderError::Timeout(_)) && timeout < self.request_timeout;
-            if timed_out_by_deadline {
-                return Err(ProviderError::DeadlineExceeded);
+            let error = self.attribute_timeout(error);
+            if matches!(error, ProviderError::DeadlineExceeded) {
+                return Err(error);
             }
             if !error.is_retryable() || retry >= self.retry.max_retries {
                 return Err(error);
