@@ -17,10 +17,11 @@ use toml_edit::DocumentMut;
 
 pub use error::ConfigError;
 pub use expand::{ExpandError, expand_str};
-pub use raw::{LogFormat, ProviderKind};
+pub use raw::{LogFormat, McpTransport, ProviderKind};
 pub use secret::{MASK, Secret, mask_url_password};
 pub use settings::{
-    AgentConfig, AppConfig, ChannelsConfig, Config, HttpChannelConfig, ProviderConfig, StoreConfig,
+    AgentConfig, AppConfig, ChannelsConfig, Config, HttpChannelConfig, McpConfig, McpServerConfig,
+    McpServerTransport, ProviderConfig, StoreConfig, validate_server_name,
 };
 
 /// The configuration used when `serve` gets no `--config`.

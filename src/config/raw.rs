@@ -22,6 +22,8 @@ pub struct RawConfig {
     pub channels: RawChannels,
     #[serde(default)]
     pub agent: RawAgent,
+    #[serde(default)]
+    pub mcp: RawMcp,
 }
 
 /// `[app]`: process-wide settings.
@@ -134,4 +136,54 @@ pub struct RawAgent {
     pub history_limit: Option<u32>,
     /// Deadline of one turn, provider retries included. Default 120000 ms.
     pub turn_timeout_ms: Option<u64>,
+    /// Model requests with tools in one turn before a last request without tools asks for the
+    /// answer. Default 8.
+    pub max_tool_iterations: Option<u32>,
+    /// Tool calls of one assistant message that run at the same time. Default 4.
+    pub max_parallel_tool_calls: Option<u32>,
+    /// Longest tool result given to the model, in characters; longer results are cut with a
+    /// marker that gives the original size. Default 20000.
+    pub max_tool_result_chars: Option<usize>,
+}
+
+/// `[mcp]`: tool servers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMcp {
+    #[serde(default)]
+    pub servers: BTreeMap<String, RawMcpServer>,
+}
+
+/// `[mcp.servers.NAME]`: one MCP server, started as a child process (`stdio`) or reached over
+/// streamable HTTP (`http`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMcpServer {
+    /// `stdio` or `http`. Default `stdio`.
+    pub transport: Option<McpTransport>,
+    /// Connect to this server. Default true.
+    pub enabled: Option<bool>,
+    /// stdio: the program to start.
+    pub command: Option<String>,
+    /// stdio: its arguments.
+    pub args: Option<Vec<String>>,
+    /// stdio: environment variables for the child, on top of PATH, HOME and the locale; the
+    /// gateway's own environment is not passed on.
+    pub env: Option<BTreeMap<String, String>>,
+    /// stdio: working directory of the child. Default: the gateway's.
+    pub cwd: Option<String>,
+    /// http: the streamable HTTP endpoint, e.g. `http://127.0.0.1:8787/mcp`.
+    pub url: Option<String>,
+    /// http: headers sent with every request, e.g. `Authorization`.
+    pub headers: Option<BTreeMap<String, String>>,
+    /// Timeout of one request to the server (initialize, tools/list, tools/call). Default 30000 ms.
+    pub timeout_ms: Option<u64>,
+}
+
+/// How the gateway reaches an MCP server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum McpTransport {
+    Stdio,
+    Http,
 }

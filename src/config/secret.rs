@@ -15,6 +15,11 @@ pub const MASK: &str = "********";
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a value, which may be empty.
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
     /// Wraps a non-empty value; an empty string means "not configured" and yields `None`.
     pub fn non_empty(value: String) -> Option<Self> {
         if value.is_empty() {

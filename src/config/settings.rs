@@ -11,7 +11,8 @@ use serde::Serialize;
 
 use super::ConfigError;
 use super::raw::{
-    LogFormat, ProviderKind, RawAgent, RawApp, RawChannels, RawConfig, RawProvider, RawStore,
+    LogFormat, McpTransport, ProviderKind, RawAgent, RawApp, RawChannels, RawConfig, RawMcp,
+    RawMcpServer, RawProvider, RawStore,
 };
 use super::secret::{Secret, mask_url_password};
 
@@ -23,6 +24,7 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     pub channels: ChannelsConfig,
     pub agent: AgentConfig,
+    pub mcp: McpConfig,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -82,6 +84,53 @@ pub struct AgentConfig {
     pub system_prompt: Option<String>,
     pub history_limit: u32,
     pub turn_timeout_ms: u64,
+    pub max_tool_iterations: u32,
+    pub max_parallel_tool_calls: u32,
+    pub max_tool_result_chars: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct McpConfig {
+    pub servers: BTreeMap<String, McpServerConfig>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct McpServerConfig {
+    pub enabled: bool,
+    pub timeout_ms: u64,
+    #[serde(flatten)]
+    pub transport: McpServerTransport,
+}
+
+/// How to reach one MCP server. Environment and header values may carry credentials, so all of
+/// them are kept as [`Secret`]s and print masked.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "transport", rename_all = "lowercase")]
+pub enum McpServerTransport {
+    Stdio {
+        command: String,
+        args: Vec<String>,
+        env: BTreeMap<String, Secret>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cwd: Option<String>,
+    },
+    Http {
+        url: String,
+        headers: BTreeMap<String, Secret>,
+    },
+}
+
+impl McpServerConfig {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    pub fn transport_name(&self) -> &'static str {
+        match self.transport {
+            McpServerTransport::Stdio { .. } => "stdio",
+            McpServerTransport::Http { .. } => "http",
+        }
+    }
 }
 
 impl AppConfig {
@@ -138,6 +187,7 @@ impl TryFrom<RawConfig> for Config {
                 http: validate_http(raw.channels)?,
             },
             agent: validate_agent(raw.agent)?,
+            mcp: validate_mcp(raw.mcp)?,
         })
     }
 }
@@ -297,5 +347,134 @@ fn validate_agent(raw: RawAgent) -> Result<AgentConfig, ConfigError> {
             "agent.turn_timeout_ms",
             raw.turn_timeout_ms.unwrap_or(120_000),
         )?,
+        max_tool_iterations: positive_u32(
+            "agent.max_tool_iterations",
+            raw.max_tool_iterations.unwrap_or(8),
+        )?,
+        max_parallel_tool_calls: positive_u32(
+            "agent.max_parallel_tool_calls",
+            raw.max_parallel_tool_calls.unwrap_or(4),
+        )?,
+        max_tool_result_chars: validate_result_chars(raw.max_tool_result_chars.unwrap_or(20_000))?,
     })
+}
+
+fn positive_u32(key: &str, value: u32) -> Result<u32, ConfigError> {
+    positive(key, value.into()).map(|_| value)
+}
+
+/// Smallest `max_tool_result_chars` that leaves room for the truncation marker and some text.
+const MIN_TOOL_RESULT_CHARS: usize = 200;
+
+fn validate_result_chars(value: usize) -> Result<usize, ConfigError> {
+    if value < MIN_TOOL_RESULT_CHARS {
+        return Err(invalid(
+            "agent.max_tool_result_chars",
+            format!("{value} is below the minimum of {MIN_TOOL_RESULT_CHARS}"),
+        ));
+    }
+    Ok(value)
+}
+
+fn validate_mcp(raw: RawMcp) -> Result<McpConfig, ConfigError> {
+    let servers = raw
+        .servers
+        .into_iter()
+        .map(|(name, server)| validate_mcp_server(&name, server).map(|s| (name, s)))
+        .collect::<Result<_, _>>()?;
+    Ok(McpConfig { servers })
+}
+
+/// Checks an MCP server name, which becomes the prefix of tool names (`server__tool`).
+pub fn validate_server_name(name: &str) -> Result<(), String> {
+    let valid_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if name.is_empty() || name.len() > 32 || !valid_chars || name.contains("__") {
+        return Err(format!(
+            "invalid server name `{name}`; use 1 to 32 letters, digits, `-` or `_`, without `__`"
+        ));
+    }
+    Ok(())
+}
+
+fn validate_mcp_server(name: &str, raw: RawMcpServer) -> Result<McpServerConfig, ConfigError> {
+    let key = |field: &str| format!("mcp.servers.{name}.{field}");
+    validate_server_name(name)
+        .map_err(|message| invalid(format!("mcp.servers.{name}"), message))?;
+    let transport = match raw.transport.unwrap_or(McpTransport::Stdio) {
+        McpTransport::Stdio => stdio_transport(name, &raw)?,
+        McpTransport::Http => http_transport(name, &raw)?,
+    };
+    Ok(McpServerConfig {
+        enabled: raw.enabled.unwrap_or(true),
+        timeout_ms: positive(&key("timeout_ms"), raw.timeout_ms.unwrap_or(30_000))?,
+        transport,
+    })
+}
+
+fn misplaced(name: &str, field: &str, transport: &str) -> ConfigError {
+    invalid(
+        format!("mcp.servers.{name}.{field}"),
+        format!(
+            "`{field}` only applies to transport = \"{transport}\"; remove it or change `transport`"
+        ),
+    )
+}
+
+fn stdio_transport(name: &str, raw: &RawMcpServer) -> Result<McpServerTransport, ConfigError> {
+    if raw.url.is_some() {
+        return Err(misplaced(name, "url", "http"));
+    }
+    if raw.headers.is_some() {
+        return Err(misplaced(name, "headers", "http"));
+    }
+    let command = raw
+        .command
+        .clone()
+        .filter(|c| !c.trim().is_empty())
+        .ok_or_else(|| {
+            invalid(
+                format!("mcp.servers.{name}.command"),
+                "missing; a stdio server needs the program to start",
+            )
+        })?;
+    Ok(McpServerTransport::Stdio {
+        command,
+        args: raw.args.clone().unwrap_or_default(),
+        env: secret_map(raw.env.clone()),
+        cwd: raw.cwd.clone(),
+    })
+}
+
+fn http_transport(name: &str, raw: &RawMcpServer) -> Result<McpServerTransport, ConfigError> {
+    let stdio_fields = [
+        ("command", raw.command.is_some()),
+        ("args", raw.args.is_some()),
+        ("env", raw.env.is_some()),
+        ("cwd", raw.cwd.is_some()),
+    ];
+    if let Some((field, _)) = stdio_fields.iter().find(|(_, present)| *present) {
+        return Err(misplaced(name, field, "stdio"));
+    }
+    let key = format!("mcp.servers.{name}.url");
+    let url = raw
+        .url
+        .clone()
+        .ok_or_else(|| invalid(&key, "missing; an http server needs its endpoint URL"))?;
+    match reqwest::Url::parse(&url) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
+        _ => return Err(invalid(key, format!("`{url}` is not an http(s) URL"))),
+    }
+    Ok(McpServerTransport::Http {
+        url,
+        headers: secret_map(raw.headers.clone()),
+    })
+}
+
+fn secret_map(map: Option<BTreeMap<String, String>>) -> BTreeMap<String, Secret> {
+    map.unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, Secret::new(v)))
+        .collect()
 }

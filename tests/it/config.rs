@@ -296,3 +296,134 @@ fn leaf_keys(table: &toml::Table) -> Vec<String> {
     }
     keys
 }
+
+const MCP_SERVERS: &str = r#"
+[mcp.servers.everything]
+transport = "stdio"
+command = "npx"
+args = ["-y", "@modelcontextprotocol/server-everything"]
+env = { EXAMPLE = "1" }
+timeout_ms = 20000
+
+[mcp.servers.search]
+transport = "http"
+url = "http://127.0.0.1:8787/mcp"
+headers = { Authorization = "Bearer ${SEARCH_TOKEN}" }
+"#;
+
+#[test]
+fn mcp_servers_parse_as_documented() {
+    use xiaomaolv::config::McpServerTransport;
+
+    let text = format!("{MINIMAL}{MCP_SERVERS}");
+    let config = parse_with(&text, &[("SEARCH_TOKEN", "tok")]).unwrap();
+    let everything = &config.mcp.servers["everything"];
+    assert!(everything.enabled);
+    assert_eq!(everything.timeout_ms, 20000);
+    let McpServerTransport::Stdio {
+        command,
+        args,
+        env,
+        cwd,
+    } = &everything.transport
+    else {
+        panic!("everything is a stdio server");
+    };
+    assert_eq!(command, "npx");
+    assert_eq!(args, &["-y", "@modelcontextprotocol/server-everything"]);
+    assert_eq!(env["EXAMPLE"].expose(), "1");
+    assert!(cwd.is_none());
+
+    let search = &config.mcp.servers["search"];
+    let McpServerTransport::Http { url, headers } = &search.transport else {
+        panic!("search is an http server");
+    };
+    assert_eq!(url, "http://127.0.0.1:8787/mcp");
+    assert_eq!(headers["Authorization"].expose(), "Bearer tok");
+    assert_eq!(search.timeout_ms, 30000);
+}
+
+#[test]
+fn mcp_header_variable_must_be_set() {
+    let message = error_text(&format!("{MINIMAL}{MCP_SERVERS}"), &[]);
+    assert!(message.contains("SEARCH_TOKEN"), "{message}");
+    assert!(
+        message.contains("mcp.servers.search.headers.Authorization"),
+        "{message}"
+    );
+}
+
+#[test]
+fn mcp_env_and_headers_print_masked() {
+    let text = format!("{MINIMAL}{MCP_SERVERS}");
+    let config = parse_with(&text, &[("SEARCH_TOKEN", "tok-secret-1")]).unwrap();
+    let printed = config.to_masked_toml();
+    assert!(!printed.contains("tok-secret-1"), "{printed}");
+    assert!(printed.contains("transport = \"http\""), "{printed}");
+    assert!(printed.contains("command = \"npx\""), "{printed}");
+}
+
+#[test]
+fn mcp_invalid_servers_name_the_key() {
+    let cases = [
+        (
+            "[mcp.servers.a]\ncommand = \"x\"\nurl = \"http://h/mcp\"\n",
+            "mcp.servers.a.url",
+        ),
+        (
+            "[mcp.servers.a]\ntransport = \"http\"\nurl = \"http://h/mcp\"\nargs = []\n",
+            "mcp.servers.a.args",
+        ),
+        (
+            "[mcp.servers.a]\ntransport = \"stdio\"\n",
+            "mcp.servers.a.command",
+        ),
+        (
+            "[mcp.servers.a]\ntransport = \"http\"\n",
+            "mcp.servers.a.url",
+        ),
+        (
+            "[mcp.servers.a]\ntransport = \"http\"\nurl = \"ftp://h\"\n",
+            "mcp.servers.a.url",
+        ),
+        (
+            "[mcp.servers.a]\ntransport = \"grpc\"\n",
+            "mcp.servers.a.transport",
+        ),
+        (
+            "[mcp.servers.\"a__b\"]\ncommand = \"x\"\n",
+            "mcp.servers.a__b",
+        ),
+        (
+            "[mcp.servers.\"a b\"]\ncommand = \"x\"\n",
+            "mcp.servers.a b",
+        ),
+        (
+            "[mcp.servers.a]\ncommand = \"x\"\ntimeout_ms = 0\n",
+            "mcp.servers.a.timeout_ms",
+        ),
+        (
+            "[mcp.servers.a]\ncommand = \"x\"\nretries = 3\n",
+            "mcp.servers.a.retries",
+        ),
+    ];
+    for (table, key) in cases {
+        let message = error_text(&format!("{MINIMAL}\n{table}"), &[]);
+        assert!(message.contains(key), "{table}: {message}");
+    }
+}
+
+#[test]
+fn agent_tool_limits_are_validated() {
+    for (line, key) in [
+        ("max_tool_iterations = 0", "agent.max_tool_iterations"),
+        (
+            "max_parallel_tool_calls = 0",
+            "agent.max_parallel_tool_calls",
+        ),
+        ("max_tool_result_chars = 10", "agent.max_tool_result_chars"),
+    ] {
+        let message = error_text(&format!("{MINIMAL}\n[agent]\n{line}\n"), &[]);
+        assert!(message.contains(key), "{line}: {message}");
+    }
+}
