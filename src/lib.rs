@@ -11,6 +11,7 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod mcp;
 pub mod provider;
 pub mod store;
 pub mod telemetry;

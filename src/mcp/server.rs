@@ -1,0 +1,305 @@
+//! One configured server: a supervisor task that keeps a session open, and the calls through it.
+//!
+//! The supervisor connects, lists the tools, and then waits for a `tools/list_changed`
+//! notification (re-list), the end of the session, or shutdown. After a failure it retries with
+//! exponential backoff; after a stdio child exits it restarts on the next call or after the backoff,
+//! whichever comes first. Calls are never retried, because a tool may have side effects.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rmcp::model::CallToolRequestParams;
+use rmcp::service::{Peer, RoleClient, ServiceError};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::connection::{self, Events, wait_exit};
+use super::{McpError, ToolInfo, ToolOutput};
+use crate::config::McpServerConfig;
+
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(500);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
+
+/// Where a server's session stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerPhase {
+    Disabled,
+    Connecting,
+    Ready,
+    /// Connecting or listing tools failed; a retry is scheduled.
+    Failed,
+    /// The stdio child exited; it restarts on the next call.
+    Exited,
+}
+
+#[derive(Clone)]
+struct Snapshot {
+    phase: ServerPhase,
+    tools: Arc<Vec<ToolInfo>>,
+    peer: Option<Peer<RoleClient>>,
+    exited: Option<watch::Receiver<Option<String>>>,
+    last_error: Option<String>,
+    changed_at: SystemTime,
+}
+
+/// What `GET /v1/mcp/servers` and `mcp ls` show about a server.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerStatus {
+    pub name: String,
+    pub transport: &'static str,
+    pub state: ServerPhase,
+    pub tool_count: usize,
+    pub last_error: Option<String>,
+    /// Unix milliseconds of the last state change.
+    pub since_ms: u64,
+}
+
+pub struct ServerHandle {
+    name: String,
+    config: McpServerConfig,
+    state: watch::Sender<Snapshot>,
+    wake: Notify,
+}
+
+impl ServerHandle {
+    pub(crate) fn new(name: &str, config: McpServerConfig) -> Arc<Self> {
+        let phase = if config.enabled {
+            ServerPhase::Connecting
+        } else {
+            ServerPhase::Disabled
+        };
+        let snapshot = Snapshot {
+            phase,
+            tools: Arc::default(),
+            peer: None,
+            exited: None,
+            last_error: None,
+            changed_at: SystemTime::now(),
+        };
+        Arc::new(Self {
+            name: name.to_owned(),
+            config,
+            state: watch::channel(snapshot).0,
+            wake: Notify::new(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn status(&self) -> ServerStatus {
+        let snapshot = self.state.borrow();
+        ServerStatus {
+            name: self.name.clone(),
+            transport: self.config.transport_name(),
+            state: snapshot.phase,
+            tool_count: snapshot.tools.len(),
+            last_error: snapshot.last_error.clone(),
+            since_ms: snapshot
+                .changed_at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        }
+    }
+
+    pub fn tools(&self) -> Arc<Vec<ToolInfo>> {
+        self.state.borrow().tools.clone()
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.config.timeout()
+    }
+
+    /// Waits until the server is ready or has failed, for at most `timeout`.
+    pub async fn settled(&self, timeout: Duration) -> ServerPhase {
+        let mut state = self.state.subscribe();
+        let settled = state.wait_for(|s| s.phase != ServerPhase::Connecting);
+        match tokio::time::timeout(timeout, settled).await {
+            Ok(Ok(snapshot)) => snapshot.phase,
+            _ => self.state.borrow().phase,
+        }
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Snapshot)) {
+        self.state.send_modify(|snapshot| {
+            change(snapshot);
+            snapshot.changed_at = SystemTime::now();
+        });
+    }
+
+    /// Calls `tool` once; the call fails at once if a stdio child exits meanwhile.
+    pub async fn call(
+        &self,
+        tool: &str,
+        arguments: serde_json::Map<String, Value>,
+        timeout: Duration,
+    ) -> Result<ToolOutput, McpError> {
+        let snapshot = self.ready_snapshot(timeout).await?;
+        let peer = snapshot.peer.expect("a ready server has a peer");
+        let mut params = CallToolRequestParams::new(tool.to_owned());
+        params.arguments = Some(arguments);
+        let exited = snapshot.exited.expect("a ready server has an exit watch");
+        let result = tokio::select! {
+            result = tokio::time::timeout(timeout, peer.call_tool(params)) => result,
+            description = wait_exit(exited) => return Err(McpError::Exited(description)),
+        };
+        match result {
+            Err(_) => Err(McpError::Timeout(timeout)),
+            Ok(Ok(result)) => Ok(ToolOutput::from(result)),
+            Ok(Err(ServiceError::McpError(error))) => Err(McpError::Rpc {
+                code: error.code.0,
+                message: error.message.into_owned(),
+            }),
+            Ok(Err(err)) => Err(McpError::Disconnected(err.to_string())),
+        }
+    }
+
+    /// Returns a ready snapshot, waking the supervisor and waiting for it when needed.
+    async fn ready_snapshot(&self, timeout: Duration) -> Result<Snapshot, McpError> {
+        let current = self.state.borrow().clone();
+        match current.phase {
+            ServerPhase::Ready => return Ok(current),
+            ServerPhase::Disabled => {
+                return Err(self.unavailable("disabled in the configuration".to_owned()));
+            }
+            _ => self.wake.notify_one(),
+        }
+        let mut state = self.state.subscribe();
+        let ready = state.wait_for(|s| s.phase == ServerPhase::Ready);
+        match tokio::time::timeout(timeout, ready).await {
+            Ok(Ok(snapshot)) => Ok(snapshot.clone()),
+            _ => {
+                let reason = self.state.borrow().last_error.clone();
+                Err(self.unavailable(reason.unwrap_or_else(|| "not connected yet".to_owned())))
+            }
+        }
+    }
+
+    fn unavailable(&self, reason: String) -> McpError {
+        McpError::Unavailable {
+            server: self.name.clone(),
+            reason,
+        }
+    }
+
+    /// Keeps the session open until `shutdown`; spawned once per enabled server.
+    pub(crate) async fn supervise(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut failures = 0u32;
+        loop {
+            let delay = match self.run_session(&shutdown).await {
+                SessionEnd::Shutdown => return,
+                SessionEnd::Failed => {
+                    failures += 1;
+                    retry_delay(failures)
+                }
+                SessionEnd::Closed => {
+                    failures = 1;
+                    retry_delay(failures)
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+                () = self.wake.notified() => {}
+            }
+            self.update(|s| s.phase = ServerPhase::Connecting);
+        }
+    }
+
+    async fn run_session(&self, shutdown: &CancellationToken) -> SessionEnd {
+        let (changed_tx, mut changed_rx) = mpsc::unbounded_channel();
+        let connected = tokio::select! {
+            () = shutdown.cancelled() => return SessionEnd::Shutdown,
+            result = connection::connect(&self.name, &self.config, Events { tools_changed: changed_tx }) => result,
+        };
+        let connection = match connected {
+            Ok(connection) => connection,
+            Err(err) => return self.fail(err),
+        };
+        let peer = connection.service.peer().clone();
+        if let Err(err) = self.refresh_tools(&peer).await {
+            return self.fail(err);
+        }
+        tracing::info!(server = %self.name, tools = self.tools().len(), "MCP server ready");
+        let exited = connection.exited.clone();
+        self.update(|s| {
+            s.phase = ServerPhase::Ready;
+            s.peer = Some(peer.clone());
+            s.exited = Some(exited.clone());
+            s.last_error = None;
+        });
+        let mut session = std::pin::pin!(connection.service.waiting());
+        let end = loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break SessionEnd::Shutdown,
+                Some(()) = changed_rx.recv() => {
+                    if let Err(err) = self.refresh_tools(&peer).await {
+                        tracing::warn!(server = %self.name, error = %err, "Refreshing the tool list failed");
+                    }
+                }
+                description = wait_exit(exited.clone()) => {
+                    self.mark_closed(ServerPhase::Exited, format!("server process exited ({description})"));
+                    break SessionEnd::Closed;
+                }
+                _ = &mut session => {
+                    self.mark_closed(ServerPhase::Failed, "the session was closed".to_owned());
+                    break SessionEnd::Closed;
+                }
+            }
+        };
+        if matches!(end, SessionEnd::Shutdown) {
+            self.update(|s| s.peer = None);
+        }
+        end
+    }
+
+    async fn refresh_tools(&self, peer: &Peer<RoleClient>) -> Result<(), McpError> {
+        let listed = tokio::time::timeout(self.config.timeout(), peer.list_all_tools())
+            .await
+            .map_err(|_| McpError::Timeout(self.config.timeout()))?
+            .map_err(|err| McpError::Disconnected(format!("tools/list failed: {err}")))?;
+        let tools: Vec<ToolInfo> = listed
+            .into_iter()
+            .map(|tool| ToolInfo::from_mcp(&self.name, tool))
+            .collect();
+        tracing::debug!(server = %self.name, tools = tools.len(), "Listed MCP tools");
+        self.update(|s| s.tools = Arc::new(tools));
+        Ok(())
+    }
+
+    fn fail(&self, err: McpError) -> SessionEnd {
+        tracing::warn!(server = %self.name, error = %err, "MCP server unavailable; will retry");
+        self.update(|s| {
+            s.phase = ServerPhase::Failed;
+            s.peer = None;
+            s.last_error = Some(err.to_string());
+        });
+        SessionEnd::Failed
+    }
+
+    fn mark_closed(&self, phase: ServerPhase, reason: String) {
+        tracing::warn!(server = %self.name, reason = %reason, "MCP session ended");
+        self.update(|s| {
+            s.phase = phase;
+            s.peer = None;
+            s.last_error = Some(reason);
+        });
+    }
+}
+
+enum SessionEnd {
+    Shutdown,
+    Failed,
+    Closed,
+}
+
+/// Exponential backoff from half a second up to a minute.
+fn retry_delay(failures: u32) -> Duration {
+    FIRST_RETRY_DELAY
+        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(10)))
+        .min(MAX_RETRY_DELAY)
+}
