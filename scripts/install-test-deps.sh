@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs on a fresh Debian machine: build tools for llama.cpp and the
-# local model server. Safe to run again; it skips what is already there.
+# Installs what the test suite needs on a fresh Debian machine: build tools for llama.cpp, Node.js
+# for the npm MCP server, the local model server, and the MCP test servers. Safe to run again; it
+# skips what is already there.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 
-packages=(cmake build-essential python3-venv)
 missing=()
-for package in "${packages[@]}"; do
-    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
-done
+command -v cmake >/dev/null || missing+=(cmake)
+command -v c++ >/dev/null || missing+=(build-essential)
+command -v npm >/dev/null || missing+=(nodejs npm)
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "missing Debian packages: ${missing[*]}; install them with apt-get as root" >&2
@@ -20,3 +21,4 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 "$root/scripts/local-model.sh" install
+"$root/scripts/test-mcp-servers.sh"

@@ -14,6 +14,7 @@ use std::time::Duration;
 use rmcp::model::ClientConfig;
 use rmcp::service::{NotificationContext, RoleClient, RunningService};
 use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::async_rw::AsyncRwTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::{ClientHandler, ServiceExt};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -26,7 +27,8 @@ use crate::config::{McpServerConfig, McpServerTransport, Secret};
 /// Variables of the gateway's own environment that a stdio child inherits.
 const INHERITED_ENV: &[&str] = &["PATH", "HOME", "LANG", "LANGUAGE", "TZ"];
 
-/// Largest stdout line of a child that is still forwarded (a tool result can be megabytes).
+/// Largest JSON-RPC message accepted from a stdio child. A tool result can be megabytes, and JSON
+/// escaping can multiply its size, so this is well above `rmcp`'s own 16 MiB default.
 const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Receives server notifications for one session.
@@ -116,7 +118,8 @@ async fn connect_stdio(
     let (exit_tx, exited) = watch::channel(None);
     tokio::spawn(watch_exit(name.to_owned(), child, kill_rx, exit_tx));
 
-    let handshake = events.serve((reader, stdin));
+    let transport = AsyncRwTransport::new(reader, stdin).with_max_line_length(MAX_LINE_BYTES);
+    let handshake = events.serve(transport);
     let service = tokio::select! {
         result = tokio::time::timeout(timeout, handshake) => result
             .map_err(|_| McpError::Timeout(timeout))?
@@ -177,29 +180,49 @@ async fn filter_stdout(
 ) {
     let mut reader = BufReader::with_capacity(64 * 1024, stdout);
     let mut line = Vec::new();
+    let mut discarding = false;
     loop {
         line.clear();
-        match (&mut reader)
-            .take(MAX_LINE_BYTES as u64)
-            .read_until(b'\n', &mut line)
-            .await
-        {
+        let limit = MAX_LINE_BYTES as u64 + 1;
+        match (&mut reader).take(limit).read_until(b'\n', &mut line).await {
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
-        let start = line.iter().position(|b| !b.is_ascii_whitespace());
-        if start.is_some_and(|i| line[i] == b'{' || line[i] == b'[') {
+        let complete = line.ends_with(b"\n");
+        if discarding || line.len() > MAX_LINE_BYTES {
+            if !discarding {
+                tracing::warn!(server = %server, max_bytes = MAX_LINE_BYTES, "Dropping an oversized message from MCP server stdout");
+            }
+            discarding = !complete;
+            continue;
+        }
+        if !forward_line(&server, &mut line, &mut session).await {
+            break;
+        }
+    }
+}
+
+/// Forwards one stdout line if it looks like JSON, else logs it; false when the session is gone.
+async fn forward_line(
+    server: &str,
+    line: &mut Vec<u8>,
+    session: &mut tokio::io::DuplexStream,
+) -> bool {
+    let start = line.iter().position(|b| !b.is_ascii_whitespace());
+    match start {
+        Some(i) if line[i] == b'{' || line[i] == b'[' => {
             if !line.ends_with(b"\n") {
                 line.push(b'\n');
             }
-            if session.write_all(&line).await.is_err() {
-                break;
-            }
-        } else if start.is_some() {
-            let text = String::from_utf8_lossy(&line);
+            session.write_all(line).await.is_ok()
+        }
+        Some(_) => {
+            let text = String::from_utf8_lossy(line);
             let shown: String = text.trim_end().chars().take(200).collect();
             tracing::warn!(server = %server, line = %shown, "Ignoring a non-JSON line on MCP server stdout");
+            true
         }
+        None => true,
     }
 }
 

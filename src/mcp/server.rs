@@ -21,6 +21,9 @@ use crate::config::McpServerConfig;
 
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(500);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
+/// How long a failed call waits for a stdio child's exit status before reporting a plain
+/// disconnect.
+const EXIT_STATUS_WAIT: Duration = Duration::from_secs(2);
 
 /// Where a server's session stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -43,6 +46,7 @@ struct Snapshot {
     exited: Option<watch::Receiver<Option<String>>>,
     last_error: Option<String>,
     changed_at: SystemTime,
+    tool_lists: u64,
 }
 
 /// What `GET /v1/mcp/servers` and `mcp ls` show about a server.
@@ -55,6 +59,8 @@ pub struct ServerStatus {
     pub last_error: Option<String>,
     /// Unix milliseconds of the last state change.
     pub since_ms: u64,
+    /// Successful `tools/list` rounds, including those after `tools/list_changed`.
+    pub tool_lists: u64,
 }
 
 pub struct ServerHandle {
@@ -78,6 +84,7 @@ impl ServerHandle {
             exited: None,
             last_error: None,
             changed_at: SystemTime::now(),
+            tool_lists: 0,
         };
         Arc::new(Self {
             name: name.to_owned(),
@@ -103,6 +110,7 @@ impl ServerHandle {
                 .changed_at
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
+            tool_lists: snapshot.tool_lists,
         }
     }
 
@@ -145,7 +153,7 @@ impl ServerHandle {
         let exited = snapshot.exited.expect("a ready server has an exit watch");
         let result = tokio::select! {
             result = tokio::time::timeout(timeout, peer.call_tool(params)) => result,
-            description = wait_exit(exited) => return Err(McpError::Exited(description)),
+            description = wait_exit(exited.clone()) => return Err(McpError::Exited(description)),
         };
         match result {
             Err(_) => Err(McpError::Timeout(timeout)),
@@ -154,7 +162,16 @@ impl ServerHandle {
                 code: error.code.0,
                 message: error.message.into_owned(),
             }),
-            Ok(Err(err)) => Err(McpError::Disconnected(err.to_string())),
+            Ok(Err(err)) => Err(Self::closed_error(err, exited).await),
+        }
+    }
+
+    /// Explains a lost session: a stdio child's stdout closes just before its exit is reaped, so
+    /// wait briefly for the exit status, which says more than "transport closed".
+    async fn closed_error(err: ServiceError, exited: watch::Receiver<Option<String>>) -> McpError {
+        match tokio::time::timeout(EXIT_STATUS_WAIT, wait_exit(exited)).await {
+            Ok(description) => McpError::Exited(description),
+            Err(_) => McpError::Disconnected(err.to_string()),
         }
     }
 
@@ -267,7 +284,10 @@ impl ServerHandle {
             .map(|tool| ToolInfo::from_mcp(&self.name, tool))
             .collect();
         tracing::debug!(server = %self.name, tools = tools.len(), "Listed MCP tools");
-        self.update(|s| s.tools = Arc::new(tools));
+        self.update(|s| {
+            s.tools = Arc::new(tools);
+            s.tool_lists += 1;
+        });
         Ok(())
     }
 

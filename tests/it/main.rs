@@ -5,6 +5,7 @@ mod common;
 mod config;
 mod gateway_binary;
 mod http_api;
+mod mcp;
 mod provider;
 mod real_model;
 mod sse;

@@ -4,6 +4,7 @@
 
 pub mod fake_openai;
 pub mod gateway;
+pub mod mcp_servers;
 pub mod process;
 
 pub use fake_openai::{FakeOpenAi, Reply};
