@@ -8,7 +8,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("xiaomaolv: {err:#}");
+            eprintln!("xiaomaolv: {err}");
             ExitCode::FAILURE
         }
     }

@@ -99,11 +99,12 @@ impl Agent {
         text_tx: Option<&mpsc::UnboundedSender<String>>,
     ) -> Result<TurnOutcome, AgentError> {
         let started = Instant::now();
-        let started_ms = unix_millis();
         let deadline = started + self.config.turn_timeout();
         let _session = tokio::time::timeout_at(deadline, self.locks.lock(&request.session_id))
             .await
             .map_err(|_| AgentError::SessionBusy(self.config.turn_timeout()))?;
+        // Taken after the lock, so timestamps follow the order in which turns are stored.
+        let started_ms = unix_millis();
 
         let history = self
             .store

@@ -27,7 +27,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         version = env!("CARGO_PKG_VERSION"),
         config = args.config.as_ref().map_or("<embedded defaults>".into(), |p| p.display().to_string()),
         provider = %config.app.default_provider,
-        base_url = %provider.base_url,
+        base_url = %mask_url_password(&provider.base_url),
         model = %provider.model,
         store = %mask_url_password(&config.store.url),
         "Starting xiaomaolv"
@@ -98,8 +98,17 @@ fn warn_if_exposed(config: &Config, addr: std::net::SocketAddr) {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
+/// Resolves on the first SIGINT or SIGTERM; a second one exits the process at once.
 async fn shutdown_signal() {
+    wait_for_signal().await;
+    tokio::spawn(async {
+        wait_for_signal().await;
+        tracing::warn!("Second shutdown signal received; exiting without waiting");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

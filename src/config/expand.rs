@@ -20,6 +20,8 @@ pub enum ExpandError {
     Unclosed(String),
     #[error("invalid variable name `{0}`; use letters, digits and `_`, not starting with a digit")]
     InvalidName(String),
+    #[error("nested `${{` in the default of `{0}` is not supported; use a plain default")]
+    Nested(String),
 }
 
 /// Expands every `${NAME}` and `${NAME:-default}` in `input`.
@@ -51,6 +53,9 @@ fn resolve(body: &str, lookup: &impl Fn(&str) -> Option<String>) -> Result<Strin
     };
     if !is_variable_name(name) {
         return Err(ExpandError::InvalidName(name.to_owned()));
+    }
+    if default.is_some_and(|d| d.contains("${")) {
+        return Err(ExpandError::Nested(name.to_owned()));
     }
     match (lookup(name), default) {
         (Some(value), Some(default)) if value.is_empty() => Ok(default.to_owned()),
@@ -209,6 +214,14 @@ mod tests {
             expand_str("${}", &env),
             Err(ExpandError::InvalidName(_))
         ));
+    }
+
+    #[test]
+    fn nested_default_is_an_error() {
+        assert_eq!(
+            expand_str("${A:-${B:-x}}", &env),
+            Err(ExpandError::Nested("A".into()))
+        );
     }
 
     #[test]

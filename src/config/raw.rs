@@ -90,6 +90,8 @@ pub struct RawProvider {
     pub temperature: Option<f64>,
     /// `max_tokens` sent with each request. Default: not sent.
     pub max_tokens: Option<u32>,
+    /// Largest response body accepted from the provider, streamed or not. Default 8388608 bytes.
+    pub max_response_bytes: Option<usize>,
 }
 
 /// The provider wire protocol.

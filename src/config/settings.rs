@@ -46,6 +46,7 @@ pub struct StoreConfig {
 #[derive(Debug, Clone, Serialize)]
 pub struct ProviderConfig {
     pub kind: ProviderKind,
+    #[serde(serialize_with = "serialize_masked_url")]
     pub base_url: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key: Option<Secret>,
@@ -59,6 +60,7 @@ pub struct ProviderConfig {
     pub temperature: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
+    pub max_response_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -254,8 +256,41 @@ fn validate_store(raw: RawStore) -> Result<StoreConfig, ConfigError> {
     Ok(StoreConfig {
         url,
         max_connections,
-        busy_timeout_ms: raw.busy_timeout_ms.unwrap_or(5_000),
+        busy_timeout_ms: at_most(
+            "store.busy_timeout_ms",
+            raw.busy_timeout_ms.unwrap_or(5_000),
+            MAX_BUSY_TIMEOUT_MS,
+        )?,
     })
+}
+
+/// SQLite takes its busy timeout as a 32-bit count of milliseconds; ten minutes is far beyond any
+/// useful wait and well inside that range.
+const MAX_BUSY_TIMEOUT_MS: u64 = 600_000;
+
+fn at_most(key: &str, value: u64, max: u64) -> Result<u64, ConfigError> {
+    if value > max {
+        return Err(invalid(
+            key,
+            format!("{value} is above the maximum of {max}"),
+        ));
+    }
+    Ok(value)
+}
+
+/// Accepts an empty token (not configured) or visible ASCII without spaces, the only tokens a
+/// client can send in an `Authorization: Bearer` header and have compared exactly.
+fn bearer_token(key: &str, value: Option<String>) -> Result<Option<Secret>, ConfigError> {
+    let Some(value) = value.filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            key,
+            "must be visible ASCII characters without spaces, or empty to disable it",
+        ));
+    }
+    Ok(Secret::non_empty(value))
 }
 
 fn validate_provider(name: &str, raw: RawProvider) -> Result<ProviderConfig, ConfigError> {
@@ -266,7 +301,10 @@ fn validate_provider(name: &str, raw: RawProvider) -> Result<ProviderConfig, Con
         _ => {
             return Err(invalid(
                 key("base_url"),
-                format!("`{base_url}` is not an http(s) URL, e.g. http://127.0.0.1:8081/v1"),
+                format!(
+                    "`{}` is not an http(s) URL, e.g. http://127.0.0.1:8081/v1",
+                    mask_url_password(&base_url)
+                ),
             ));
         }
     }
@@ -313,6 +351,10 @@ fn validate_provider(name: &str, raw: RawProvider) -> Result<ProviderConfig, Con
         retry_max_backoff_ms: max,
         temperature: raw.temperature,
         max_tokens: raw.max_tokens,
+        max_response_bytes: positive(
+            &key("max_response_bytes"),
+            raw.max_response_bytes.unwrap_or(8 * 1024 * 1024) as u64,
+        )? as usize,
     })
 }
 
@@ -331,8 +373,8 @@ fn validate_http(raw: RawChannels) -> Result<HttpChannelConfig, ConfigError> {
     }
     Ok(HttpChannelConfig {
         enabled: raw.enabled.unwrap_or(true),
-        api_bearer_token: raw.api_bearer_token.and_then(Secret::non_empty),
-        diag_bearer_token: raw.diag_bearer_token.and_then(Secret::non_empty),
+        api_bearer_token: bearer_token("channels.http.api_bearer_token", raw.api_bearer_token)?,
+        diag_bearer_token: bearer_token("channels.http.diag_bearer_token", raw.diag_bearer_token)?,
         diag_rate_limit_per_minute: raw.diag_rate_limit_per_minute.unwrap_or(120),
         max_text_bytes,
         max_body_bytes,

@@ -8,6 +8,10 @@ use serde::Serialize;
 use crate::agent::AgentError;
 use crate::provider::ProviderError;
 
+/// Cap on the `Retry-After` passed on from a provider, so one odd upstream value cannot tell
+/// clients to stay away for days.
+const MAX_RETRY_AFTER_SECS: u64 = 3600;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{message}")]
@@ -20,6 +24,12 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    #[error("the request body did not arrive within {} s", .0.as_secs())]
+    BodyTimeout(std::time::Duration),
+    #[error("{0} is not supported on this route")]
+    MethodNotAllowed(String),
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("{0}")]
     NotFound(String),
     #[error(transparent)]
@@ -59,6 +69,9 @@ impl ApiError {
             }
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Agent(AgentError::Provider(err)) => provider_status(err),
             Self::Agent(AgentError::SessionBusy(_)) => {
@@ -68,12 +81,13 @@ impl ApiError {
         }
     }
 
-    fn client_message(&self) -> String {
+    pub fn client_message(&self) -> String {
         match self {
             Self::Agent(AgentError::Store(_)) => {
                 "the conversation store failed; the turn was not saved, try again".to_owned()
             }
             Self::Agent(AgentError::Provider(err)) => format!("model provider error: {err}"),
+            Self::Internal(_) => "internal error; the details are in the gateway log".to_owned(),
             other => other.to_string(),
         }
     }
@@ -118,9 +132,10 @@ impl IntoResponse for ApiError {
         if let Self::Agent(AgentError::Provider(err)) = &self
             && let Some(wait) = err.retry_after()
         {
+            let seconds = wait.as_secs().clamp(1, MAX_RETRY_AFTER_SECS);
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, wait.as_secs().max(1).into());
+                .insert(header::RETRY_AFTER, seconds.into());
         }
         response
     }

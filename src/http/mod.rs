@@ -6,82 +6,126 @@ mod routes;
 mod state;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::http::Request;
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use tower::Service;
 
 pub use error::ApiError;
 pub use routes::MAX_ID_BYTES;
 pub use state::AppState;
 
 /// Builds the router; with `channels.http.enabled = false` only `/health` is served.
+///
+/// Everything except `/health` sits behind the API token check, unknown paths included, so a
+/// client without the token learns nothing about which routes exist.
 pub fn router(state: AppState) -> Router {
-    let mut router = Router::new().route("/health", get(routes::health::get));
-    if state.http.enabled {
+    let router = Router::new().route("/health", get(routes::health::get));
+    let router = if state.http.enabled {
         let api = Router::new()
             .route("/v1/messages", post(routes::messages::post))
             .route(
                 "/v1/sessions/{session_id}/messages",
                 get(routes::sessions::messages),
             )
-            .route_layer(from_fn_with_state(state.clone(), auth::require_api_token));
-        router = router.merge(api);
-    }
-    router.fallback(not_found).with_state(state)
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            .layer(from_fn_with_state(state.clone(), auth::require_api_token))
+            .with_state(state.clone());
+        router.fallback_service(api)
+    } else {
+        router.fallback(not_found)
+    };
+    router
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::NotFound(format!("no route for {}", uri.path()))
 }
 
+async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError::MethodNotAllowed(method.to_string())
+}
+
+/// How long a client may take to send the request line and headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves `state` on `listener` until `shutdown` resolves, then drains within `grace`.
 ///
-/// After the signal the listener stops accepting, open requests and running turns continue, and
-/// the function returns when all are done or `grace` has elapsed, whichever comes first.
+/// After the signal the listener is closed, open requests and running turns continue, and the
+/// function returns when all are done or `grace` has elapsed, whichever comes first. Connections
+/// are served by hyper directly rather than through `axum::serve` so that slow clients get a
+/// header read timeout.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> std::io::Result<()> {
-    let stop_accepting = CancellationToken::new();
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let server =
-        axum::serve(listener, app).with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
-    let mut server = tokio::spawn(async move { server.await });
-
-    tokio::select! {
-        result = &mut server => return result.expect("server task panicked"),
-        () = shutdown => {}
+    let app = router(state.clone());
+    let connections = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Usually EMFILE: back off instead of spinning until descriptors free up.
+                    tracing::warn!(error = %err, "Failed to accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().call(request)
+        });
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let connection = connections.watch(connection.into_owned());
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%peer, error = %err, "Connection ended with an error");
+            }
+        });
     }
+    drop(listener);
     tracing::info!(
         grace_ms = grace.as_millis() as u64,
         turns_in_flight = state.turns.len(),
         "Shutdown signal received; no longer accepting connections"
     );
-    stop_accepting.cancel();
     state.turns.close();
     let drain = async {
-        let result = server.await.expect("server task panicked");
+        connections.shutdown().await;
         state.turns.wait().await;
-        result
     };
-    match tokio::time::timeout(grace, drain).await {
-        Ok(result) => {
-            tracing::info!("All requests finished; shutting down");
-            result
-        }
-        Err(_) => {
-            tracing::warn!(
-                turns_in_flight = state.turns.len(),
-                "Grace period elapsed before all turns finished; exiting anyway"
-            );
-            Ok(())
-        }
+    if tokio::time::timeout(grace, drain).await.is_ok() {
+        tracing::info!("All requests finished; shutting down");
+    } else {
+        tracing::warn!(
+            turns_in_flight = state.turns.len(),
+            "Grace period elapsed before all connections and turns finished; exiting anyway"
+        );
     }
+    Ok(())
 }

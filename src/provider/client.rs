@@ -29,6 +29,7 @@ pub struct ProviderClient {
     max_tokens: Option<u32>,
     request_timeout: Duration,
     retry: RetryPolicy,
+    max_response_bytes: usize,
 }
 
 impl ProviderClient {
@@ -37,6 +38,8 @@ impl ProviderClient {
             .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(60))
+            // A redirect could carry the API key to another host, so none is followed.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|err| ProviderError::Setup(err.to_string()))?;
         Ok(Self {
@@ -53,6 +56,7 @@ impl ProviderClient {
                 initial_backoff: Duration::from_millis(config.retry_initial_backoff_ms),
                 max_backoff: Duration::from_millis(config.retry_max_backoff_ms),
             },
+            max_response_bytes: config.max_response_bytes,
         })
     }
 
@@ -92,10 +96,7 @@ impl ProviderClient {
     ) -> Result<Completion, ProviderError> {
         let request = self.request(messages, tools, false);
         let (response, timeout) = self.send_with_retries(&request, deadline).await?;
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|err| self.attribute_timeout(ProviderError::from_reqwest(err, timeout)))?;
+        let bytes = self.read_body(response, timeout).await?;
         parse_completion(&bytes)
     }
 
@@ -116,21 +117,67 @@ impl ProviderClient {
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
+            .is_some_and(|v| v.to_ascii_lowercase().starts_with("text/event-stream"));
         if !is_event_stream {
-            let bytes = response
-                .bytes()
-                .await
-                .map_err(|err| ProviderError::from_reqwest(err, timeout))?;
+            let bytes = self.read_body(response, timeout).await?;
             let completion = parse_completion(&bytes)?;
             if !completion.content.is_empty() {
                 let _ = text_tx.send(completion.content.clone());
             }
             return Ok(completion);
         }
-        read_event_stream(response, timeout, text_tx)
+        read_event_stream(response, timeout, self.max_response_bytes, text_tx)
             .await
-            .map_err(|err| self.attribute_timeout(err))
+            .map_err(|err| self.redact(self.attribute_timeout(err)))
+    }
+
+    /// Reads a whole response body, up to `max_response_bytes`.
+    async fn read_body(
+        &self,
+        response: reqwest::Response,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, ProviderError> {
+        let mut body = response.bytes_stream();
+        let mut bytes = Vec::new();
+        while let Some(piece) = body.next().await {
+            let piece = piece
+                .map_err(|err| self.attribute_timeout(ProviderError::from_reqwest(err, timeout)))?;
+            if bytes.len() + piece.len() > self.max_response_bytes {
+                return Err(too_large(self.max_response_bytes));
+            }
+            bytes.extend_from_slice(&piece);
+        }
+        Ok(bytes)
+    }
+
+    /// Replaces the API key wherever an upstream message quotes it.
+    fn redact(&self, error: ProviderError) -> ProviderError {
+        let Some(key) = self
+            .api_key
+            .as_ref()
+            .map(Secret::expose)
+            .filter(|k| !k.is_empty())
+        else {
+            return error;
+        };
+        let scrub = |text: String| text.replace(key, crate::config::MASK);
+        match error {
+            ProviderError::Status {
+                status,
+                message,
+                retry_after,
+            } => ProviderError::Status {
+                status,
+                message: scrub(message),
+                retry_after,
+            },
+            ProviderError::InvalidResponse(message) => {
+                ProviderError::InvalidResponse(scrub(message))
+            }
+            ProviderError::Transport(message) => ProviderError::Transport(scrub(message)),
+            ProviderError::Connect(message) => ProviderError::Connect(scrub(message)),
+            other => other,
+        }
     }
 
     /// Reports a timeout as `DeadlineExceeded` when the turn's deadline, not
@@ -207,7 +254,7 @@ impl ProviderClient {
         if response.status().is_success() {
             return Ok(response);
         }
-        Err(status_error(response).await)
+        Err(self.redact(status_error(response).await))
     }
 }
 
@@ -252,16 +299,29 @@ fn parse_completion(bytes: &[u8]) -> Result<Completion, ProviderError> {
     Completion::try_from(response)
 }
 
+fn too_large(limit: usize) -> ProviderError {
+    ProviderError::InvalidResponse(format!(
+        "the response is larger than {limit} bytes; raise max_response_bytes of the provider if \
+         that is expected"
+    ))
+}
+
 async fn read_event_stream(
     response: reqwest::Response,
     timeout: Duration,
+    max_bytes: usize,
     text_tx: &mpsc::UnboundedSender<String>,
 ) -> Result<Completion, ProviderError> {
     let mut decoder = SseDecoder::new();
     let mut builder = CompletionBuilder::default();
     let mut body = response.bytes_stream();
+    let mut received = 0;
     while let Some(piece) = body.next().await {
         let piece = piece.map_err(|err| ProviderError::from_reqwest(err, timeout))?;
+        received += piece.len();
+        if received > max_bytes {
+            return Err(too_large(max_bytes));
+        }
         for event in decoder.push(&piece) {
             if apply_event(&event.data, &mut builder, text_tx)?.is_break() {
                 return finish_stream(builder);

@@ -39,11 +39,13 @@ impl SseDecoder {
             bytes = &bytes[1..];
         }
         self.pending_cr = false;
+        // What is left in the buffer from earlier reads holds no line ending, so scanning starts
+        // at the new bytes; rescanning from 0 would make a long line cost quadratic time.
+        let mut index = self.buffer.len();
         self.buffer.extend_from_slice(bytes);
 
         let mut events = Vec::new();
         let mut start = 0;
-        let mut index = 0;
         while index < self.buffer.len() {
             match self.buffer[index] {
                 b'\n' => {

@@ -175,12 +175,33 @@ impl<'de> Deserialize<'de> for ToolArguments {
 /// Token counts reported by the server.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_zero")]
     pub prompt_tokens: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_zero")]
     pub completion_tokens: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_zero")]
     pub total_tokens: u64,
+}
+
+fn null_as_zero<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    Ok(Option::<u64>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// Reads `content` given as a string, as null, or as an array of `{"type": "text"}` parts.
+fn content_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    match Option::<Value>::deserialize(deserializer)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text)),
+        Some(Value::Array(parts)) => Ok(Some(
+            parts
+                .iter()
+                .filter_map(|part| part.get("text").and_then(Value::as_str))
+                .collect(),
+        )),
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "content must be a string or an array of parts, got {other}"
+        ))),
+    }
 }
 
 /// The non-streaming response body.
@@ -205,7 +226,7 @@ pub struct CompletionChoice {
 /// The assistant message of a response. `content` may be null when the model only calls tools.
 #[derive(Debug, Default, Deserialize)]
 pub struct ResponseMessage {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "content_text")]
     pub content: Option<String>,
     #[serde(default, deserialize_with = "null_as_empty")]
     pub tool_calls: Vec<ToolCall>,
@@ -232,7 +253,7 @@ pub struct ChunkChoice {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct ChunkDelta {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "content_text")]
     pub content: Option<String>,
     #[serde(default, deserialize_with = "null_as_empty")]
     pub tool_calls: Vec<ToolCallDelta>,

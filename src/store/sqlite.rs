@@ -67,6 +67,10 @@ async fn pool(options: SqliteConnectOptions, size: u32) -> Result<SqlitePool, sq
         .await
 }
 
+fn saturating_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
 fn message_from_row(row: &SqliteRow) -> Result<StoredMessage, StoreError> {
     Ok(StoredMessage {
         id: row.try_get("id")?,
@@ -163,9 +167,9 @@ impl HistoryStore for SqliteStore {
             .bind(&message.provider)
             .bind(&message.model)
             .bind(&message.finish_reason)
-            .bind(usage.map(|u| u.prompt_tokens as i64))
-            .bind(usage.map(|u| u.completion_tokens as i64))
-            .bind(usage.map(|u| u.total_tokens as i64))
+            .bind(usage.map(|u| saturating_i64(u.prompt_tokens)))
+            .bind(usage.map(|u| saturating_i64(u.completion_tokens)))
+            .bind(usage.map(|u| saturating_i64(u.total_tokens)))
             .execute(&mut *tx)
             .await?;
         }

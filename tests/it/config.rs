@@ -427,3 +427,56 @@ fn agent_tool_limits_are_validated() {
         assert!(message.contains(key), "{line}: {message}");
     }
 }
+
+#[test]
+fn hostile_values_are_rejected_with_key() {
+    let cases = [
+        (
+            "[store]\nbusy_timeout_ms = 3000000000\n",
+            "store.busy_timeout_ms",
+        ),
+        (
+            "[agent]\nsystem_prompt = \"${A:-${B:-x}}\"\n",
+            "agent.system_prompt",
+        ),
+    ];
+    for (extra, key) in cases {
+        let text = if extra.starts_with("[store]") {
+            MINIMAL.replace("[store]\n", extra)
+        } else {
+            format!("{MINIMAL}\n{extra}")
+        };
+        let message = error_text(&text, &[]);
+        assert!(message.contains(key), "{extra}: {message}");
+    }
+}
+
+#[test]
+fn bearer_tokens_must_be_visible_ascii() {
+    for token in ["tök", "two words", " padded"] {
+        let text = MINIMAL.replace(
+            "enabled = true",
+            &format!("enabled = true\napi_bearer_token = \"{token}\""),
+        );
+        let message = error_text(&text, &[]);
+        assert!(
+            message.contains("channels.http.api_bearer_token"),
+            "{token}: {message}"
+        );
+        assert!(
+            !message.contains(token),
+            "the token is not echoed: {message}"
+        );
+    }
+}
+
+#[test]
+fn base_url_credentials_print_masked() {
+    let text = MINIMAL.replace(
+        "${OPENAI_BASE_URL:-http://127.0.0.1:8081/v1}",
+        "http://user:pa55word@127.0.0.1:8081/v1",
+    );
+    let printed = parse_with(&text, &[]).unwrap().to_masked_toml();
+    assert!(!printed.contains("pa55word"), "{printed}");
+    assert!(printed.contains("user:********@127.0.0.1"), "{printed}");
+}

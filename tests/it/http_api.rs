@@ -640,3 +640,116 @@ async fn shutdown_lets_in_flight_turn_finish() {
         .unwrap();
     assert_eq!(stored.len(), 2);
 }
+
+#[tokio::test]
+async fn non_object_and_trailing_bodies_are_rejected() {
+    let fake = FakeOpenAi::start().await;
+    let gateway = TestGateway::start(&fake.base_url()).await;
+    let url = gateway.url("/v1/messages");
+    let bodies = [
+        r#"["s1", "u1", "hi", false]"#,
+        r#"{"session_id": "s1", "user_id": "u1", "text": "hi"} garbage"#,
+        r#"{"session_id": "s1", "user_id": "u1", "text": "hi"}{}"#,
+    ];
+    for body in bodies {
+        let response = gateway
+            .client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+        let json: Value = response.json().await.unwrap();
+        assert_eq!(json["error"]["type"], "invalid_request", "{json}");
+    }
+    assert_eq!(fake.request_count(), 0);
+    assert!(gateway.history("s1").await.is_none());
+}
+
+#[tokio::test]
+async fn wrong_method_is_json_405() {
+    let fake = FakeOpenAi::start().await;
+    let gateway = TestGateway::start(&fake.base_url()).await;
+    for (method, path) in [
+        (reqwest::Method::GET, "/v1/messages"),
+        (reqwest::Method::DELETE, "/v1/sessions/s1/messages"),
+        (reqwest::Method::POST, "/health"),
+    ] {
+        let response = gateway
+            .client
+            .request(method.clone(), gateway.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405, "{method} {path}");
+        let json: Value = response.json().await.unwrap();
+        assert_eq!(
+            json["error"]["type"], "method_not_allowed",
+            "{method} {path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn api_token_covers_unknown_api_paths() {
+    let fake = FakeOpenAi::start().await;
+    let options = Options {
+        http: "api_bearer_token = \"s3cret\"",
+        ..Default::default()
+    };
+    let gateway = TestGateway::start_with(&fake.base_url(), options).await;
+    let response = gateway
+        .client
+        .get(gateway.url("/v1/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let with_token = gateway
+        .client
+        .get(gateway.url("/v1/nope"))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_token.status(), 404);
+}
+
+#[tokio::test]
+async fn declared_oversized_body_is_413_without_reading() {
+    let fake = FakeOpenAi::start().await;
+    let gateway = TestGateway::start(&fake.base_url()).await;
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let head = "POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                Content-Length: 100000000\r\n\r\n";
+    tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes())
+        .await
+        .unwrap();
+    let mut response = vec![0u8; 512];
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut stream, &mut response),
+    )
+    .await
+    .expect("answered without waiting for the body")
+    .unwrap();
+    let text = String::from_utf8_lossy(&response[..read]);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+}
+
+#[tokio::test]
+async fn invalid_percent_encoding_in_path_is_json_400() {
+    let fake = FakeOpenAi::start().await;
+    let gateway = TestGateway::start(&fake.base_url()).await;
+    let response = gateway
+        .client
+        .get(gateway.url("/v1/sessions/%FF/messages"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let json: Value = response.json().await.unwrap();
+    assert_eq!(json["error"]["field"], "session_id", "{json}");
+}

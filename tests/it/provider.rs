@@ -31,6 +31,7 @@ fn config(base_url: String) -> ProviderConfig {
         retry_max_backoff_ms: 5_000,
         temperature: None,
         max_tokens: None,
+        max_response_bytes: 1024 * 1024,
     }
 }
 
@@ -1092,4 +1093,119 @@ async fn connection_refused_is_connect_error() {
 
     assert!(matches!(error, ProviderError::Connect(_)), "{error:?}");
     assert_eq!(error.kind(), "connect");
+}
+
+// Hostile or unusual provider behaviour.
+
+#[tokio::test]
+async fn api_key_quoted_in_error_is_masked() {
+    let fake = FakeOpenAi::start().await;
+    fake.push(Reply::status(
+        401,
+        r#"{"error":{"message":"Incorrect API key provided: Bearer sk-leaky-987"}}"#,
+    ));
+    let mut settings = config(fake.base_url());
+    settings.api_key = Secret::non_empty("sk-leaky-987".to_owned());
+
+    let error = complete(&client_with(&settings)).await.unwrap_err();
+    let text = error.to_string();
+    assert!(!text.contains("sk-leaky-987"), "{text}");
+    assert!(text.contains("Incorrect API key provided"), "{text}");
+}
+
+#[tokio::test]
+async fn redirect_is_not_followed() {
+    let fake = FakeOpenAi::start().await;
+    let target = FakeOpenAi::start().await;
+    fake.push(Reply::Raw {
+        status: 307,
+        headers: vec![(
+            "location",
+            format!("{}/chat/completions", target.base_url()),
+        )],
+        body: String::new(),
+    });
+    let mut settings = config(fake.base_url());
+    settings.api_key = Secret::non_empty("sk-stay-home".to_owned());
+
+    let error = complete(&client_with(&settings)).await.unwrap_err();
+    let (status, _, _) = expect_status(error);
+    assert_eq!(status, 307);
+    assert_eq!(
+        target.request_count(),
+        0,
+        "the key never reaches the redirect target"
+    );
+}
+
+#[tokio::test]
+async fn oversized_response_is_rejected() {
+    let fake = FakeOpenAi::start().await;
+    fake.push(Reply::text(&"x".repeat(2 * 1024 * 1024)));
+    let error = complete(&client(&fake)).await.unwrap_err();
+    assert!(
+        matches!(error, ProviderError::InvalidResponse(_)),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("max_response_bytes"), "{error}");
+}
+
+#[tokio::test]
+async fn oversized_stream_is_rejected() {
+    let fake = FakeOpenAi::start().await;
+    let chunk = content_chunk(&"y".repeat(64 * 1024));
+    let chunks: Vec<Value> = (0..20).map(|_| chunk.clone()).collect();
+    fake.push(Reply::stream_split(&sse_events(&chunks), &[]));
+    let (result, _) = complete_streaming(&client(&fake), far_deadline()).await;
+    let error = result.unwrap_err();
+    assert!(error.to_string().contains("max_response_bytes"), "{error}");
+}
+
+#[tokio::test]
+async fn absurd_retry_after_does_not_panic() {
+    let fake = FakeOpenAi::start().await;
+    fake.push(status_reply(429, "1e20"));
+    let mut settings = config(fake.base_url());
+    settings.max_retries = 0;
+    let error = complete(&client_with(&settings)).await.unwrap_err();
+    let (status, _, retry_after) = expect_status(error);
+    assert_eq!(status, 429);
+    assert_eq!(retry_after, None);
+}
+
+#[tokio::test]
+async fn null_usage_fields_and_content_parts_are_accepted() {
+    let fake = FakeOpenAi::start().await;
+    fake.push(Reply::Json(json!({
+        "choices": [{
+            "message": { "role": "assistant", "content": [
+                { "type": "text", "text": "Hello, " },
+                { "type": "text", "text": "parts" }
+            ] },
+            "finish_reason": "stop"
+        }],
+        "usage": { "prompt_tokens": 4, "completion_tokens": null, "total_tokens": 4 }
+    })));
+    let completion = complete(&client(&fake)).await.unwrap();
+    assert_eq!(completion.content, "Hello, parts");
+    let usage = completion.usage.unwrap();
+    assert_eq!(usage.prompt_tokens, 4);
+    assert_eq!(usage.completion_tokens, 0);
+}
+
+#[tokio::test]
+async fn uppercase_event_stream_type_is_streamed() {
+    let fake = FakeOpenAi::start().await;
+    let body = sse_events(&[content_chunk("shout")]);
+    fake.push(Reply::Raw {
+        status: 200,
+        headers: vec![(
+            "content-type",
+            "Text/Event-Stream; charset=utf-8".to_owned(),
+        )],
+        body,
+    });
+    let (result, fragments) = complete_streaming(&client(&fake), far_deadline()).await;
+    assert_eq!(result.unwrap().content, "shout");
+    assert_eq!(fragments, ["shout"]);
 }

@@ -59,7 +59,7 @@ pub async fn post(
         .turns
         .spawn(async move { agent.run_turn(request, None).await })
         .await
-        .expect("turn task panicked")?;
+        .map_err(|err| ApiError::Internal(format!("turn task failed: {err}")))??;
     Ok(Json(outcome).into_response())
 }
 
@@ -70,15 +70,54 @@ async fn parse_body(
 ) -> Result<MessageBody, ApiError> {
     check_content_type(headers)?;
     let limit = state.http.max_body_bytes;
-    let bytes = to_bytes(body, limit)
+    if declared_length(headers).is_some_and(|length| length > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let bytes = tokio::time::timeout(BODY_READ_TIMEOUT, to_bytes(body, limit))
         .await
-        .map_err(|_| ApiError::PayloadTooLarge { limit })?;
-    let deserializer = &mut serde_json::Deserializer::from_slice(&bytes);
-    let body: MessageBody = serde_path_to_error::deserialize(deserializer).map_err(json_error)?;
+        .map_err(|_| ApiError::BodyTimeout(BODY_READ_TIMEOUT))?
+        .map_err(|err| body_error(err, limit))?;
+    // serde accepts a JSON array for a struct, field by position; only an object is valid here.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::InvalidBody(
+            "request body must be a JSON object".to_owned(),
+        ));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
+    let body: MessageBody =
+        serde_path_to_error::deserialize(&mut deserializer).map_err(json_error)?;
+    deserializer.end().map_err(|_| {
+        ApiError::InvalidBody("request body has data after the JSON object".to_owned())
+    })?;
     validate_id("session_id", &body.session_id)?;
     validate_id("user_id", &body.user_id)?;
     validate_text(&body.text, state.http.max_text_bytes)?;
     Ok(body)
+}
+
+/// How long a client may take to send the request body.
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn declared_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn body_error(err: axum::Error, limit: usize) -> ApiError {
+    let source = err.into_inner();
+    if source
+        .downcast_ref::<http_body_util::LengthLimitError>()
+        .is_some()
+    {
+        ApiError::PayloadTooLarge { limit }
+    } else {
+        ApiError::InvalidBody(format!("failed to read the request body: {source}"))
+    }
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
@@ -223,6 +262,6 @@ fn error_event(err: AgentError) -> Event {
     let error = ApiError::Agent(err);
     let (status, kind) = error.status_and_kind();
     tracing::warn!(status = status.as_u16(), kind, error = %error, "Streaming turn failed");
-    let body = json!({ "error": { "type": kind, "status": status.as_u16(), "message": error.to_string() } });
+    let body = json!({ "error": { "type": kind, "status": status.as_u16(), "message": error.client_message() } });
     Event::default().event("error").data(body.to_string())
 }

@@ -1,6 +1,7 @@
 //! `GET /v1/sessions/{session_id}/messages`: the stored history of a session.
 
 use axum::Json;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use serde::Serialize;
 
@@ -18,8 +19,14 @@ pub struct SessionHistory {
 
 pub async fn messages(
     State(state): State<AppState>,
-    Path(session_id): Path<String>,
+    session_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<SessionHistory>, ApiError> {
+    let Path(session_id) = session_id.map_err(|rejection| {
+        ApiError::field(
+            "session_id",
+            format!("invalid session id in the path: {rejection}"),
+        )
+    })?;
     validate_id("session_id", &session_id)?;
     let messages = state
         .store
