@@ -4,7 +4,9 @@
 //! then sees the first turn's messages. The store is read before and written after the model call;
 //! no transaction is open while the model is working.
 
+mod catalog;
 mod locks;
+mod tool_loop;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,11 +16,16 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+pub use catalog::{ToolCatalog, function_name};
 pub use locks::SessionLocks;
+pub use tool_loop::{ToolCallRecord, ToolCallStatus};
+
+use tool_loop::{LoopLimits, assistant_with_calls, execute_calls, tool_message};
 
 use crate::config::AgentConfig;
-use crate::provider::wire::{ChatMessage, Role, Usage};
-use crate::provider::{ProviderClient, ProviderError};
+use crate::mcp::McpHub;
+use crate::provider::wire::{ChatMessage, Role, ToolSpec, Usage};
+use crate::provider::{Completion, ProviderClient, ProviderError};
 use crate::store::{HistoryStore, NewMessage, NewTurn, StoreError, StoredMessage};
 
 #[derive(Debug, thiserror::Error)]
@@ -48,17 +55,21 @@ pub struct TurnOutcome {
     pub provider: String,
     pub model: String,
     pub finish_reason: Option<String>,
-    /// `None` when the provider reported no usage.
+    /// Summed over the turn's model requests; `None` when any of them reported no usage.
     pub usage: Option<Usage>,
     pub activity: TurnActivity,
+    pub tool_calls: Vec<ToolCallRecord>,
 }
 
 /// What the agent did to produce the reply.
 #[derive(Debug, Clone, Serialize)]
 pub struct TurnActivity {
-    /// How the reply was produced; `direct` means one model request without tools.
+    /// How the reply was produced: `direct` (the model answered without calling a tool) or
+    /// `tool_loop` (it called tools through native function calling).
     pub mode: &'static str,
     pub provider_requests: u32,
+    /// Whether `max_tool_iterations` ran out, so a last request without tools asked for the answer.
+    pub tool_iterations_exhausted: bool,
     pub history_messages: usize,
     pub duration_ms: u64,
 }
@@ -66,6 +77,7 @@ pub struct TurnActivity {
 /// Runs turns against the configured providers and store.
 pub struct Agent {
     store: Arc<dyn HistoryStore>,
+    hub: Arc<McpHub>,
     providers: HashMap<String, ProviderClient>,
     default_provider: String,
     config: AgentConfig,
@@ -75,6 +87,7 @@ pub struct Agent {
 impl Agent {
     pub fn new(
         store: Arc<dyn HistoryStore>,
+        hub: Arc<McpHub>,
         providers: HashMap<String, ProviderClient>,
         default_provider: String,
         config: AgentConfig,
@@ -85,6 +98,7 @@ impl Agent {
         );
         Self {
             store,
+            hub,
             providers,
             default_provider,
             config,
@@ -112,14 +126,8 @@ impl Agent {
             .await?;
         let messages = self.prompt(&history, &request.text);
         let provider = &self.providers[&self.default_provider];
-        let completion = match text_tx {
-            Some(tx) => {
-                provider
-                    .complete_streaming(messages, Vec::new(), deadline, tx)
-                    .await?
-            }
-            None => provider.complete(messages, Vec::new(), deadline).await?,
-        };
+        let reply = self.respond(provider, messages, deadline, text_tx).await?;
+        let completion = reply.completion;
 
         let turn_id = uuid::Uuid::now_v7().to_string();
         let model = completion
@@ -147,9 +155,10 @@ impl Agent {
                     provider: Some(provider.name().to_owned()),
                     model: Some(model.clone()),
                     finish_reason: completion.finish_reason.clone(),
-                    usage: completion.usage,
+                    usage: reply.usage,
                 },
             ],
+            tool_calls: reply.tool_calls.clone(),
         };
         self.store.save_turn(&turn).await?;
 
@@ -160,14 +169,79 @@ impl Agent {
             provider: provider.name().to_owned(),
             model,
             finish_reason: completion.finish_reason,
-            usage: completion.usage,
+            usage: reply.usage,
             activity: TurnActivity {
-                mode: "direct",
-                provider_requests: 1,
+                mode: if reply.tool_calls.is_empty() {
+                    "direct"
+                } else {
+                    "tool_loop"
+                },
+                provider_requests: reply.requests,
+                tool_iterations_exhausted: reply.exhausted,
                 history_messages: history.len(),
                 duration_ms: started.elapsed().as_millis() as u64,
             },
+            tool_calls: reply.tool_calls,
         })
+    }
+
+    /// Produces the reply: one request when no tools are configured, else the tool loop.
+    async fn respond(
+        &self,
+        provider: &ProviderClient,
+        mut messages: Vec<ChatMessage>,
+        deadline: Instant,
+        text_tx: Option<&mpsc::UnboundedSender<String>>,
+    ) -> Result<Reply, AgentError> {
+        let catalog = ToolCatalog::new(self.hub.tools());
+        let mut reply = Reply::default();
+        if catalog.is_empty() {
+            reply.record(ask(provider, messages, Vec::new(), deadline, text_tx).await?);
+            return Ok(reply);
+        }
+        let limits = LoopLimits {
+            max_iterations: self.config.max_tool_iterations,
+            max_parallel: self.config.max_parallel_tool_calls as usize,
+            max_result_chars: self.config.max_tool_result_chars,
+        };
+        for iteration in 0..limits.max_iterations {
+            let mut completion = ask(
+                provider,
+                messages.clone(),
+                catalog.specs(),
+                deadline,
+                text_tx,
+            )
+            .await?;
+            if completion.tool_calls.is_empty() {
+                reply.record(completion);
+                return Ok(reply);
+            }
+            let mut calls = std::mem::take(&mut completion.tool_calls);
+            messages.push(assistant_with_calls(
+                &completion.content,
+                &mut calls,
+                iteration,
+            ));
+            let finish_reason = completion.finish_reason.clone();
+            reply.record(completion);
+            let results = execute_calls(
+                &self.hub,
+                &catalog,
+                &calls,
+                finish_reason.as_deref(),
+                limits,
+                deadline,
+            )
+            .await;
+            for (call, result) in calls.iter().zip(results) {
+                messages.push(tool_message(&call.id, result.content));
+                reply.tool_calls.push(result.record);
+            }
+        }
+        reply.exhausted = true;
+        reply.record(ask(provider, messages, Vec::new(), deadline, text_tx).await?);
+        Ok(reply)
     }
 
     fn prompt(&self, history: &[StoredMessage], text: &str) -> Vec<ChatMessage> {
@@ -184,9 +258,61 @@ impl Agent {
         messages
     }
 
+    /// The MCP servers whose tools this agent offers.
+    pub fn hub(&self) -> &Arc<McpHub> {
+        &self.hub
+    }
+
     /// Sessions with a turn running or waiting.
     pub fn active_sessions(&self) -> usize {
         self.locks.active()
+    }
+}
+
+/// The final completion of a turn and what it took to get there.
+#[derive(Default)]
+struct Reply {
+    completion: Completion,
+    requests: u32,
+    /// Summed usage; `None` once any request reported none.
+    usage: Option<Usage>,
+    usage_known: bool,
+    tool_calls: Vec<ToolCallRecord>,
+    exhausted: bool,
+}
+
+impl Reply {
+    fn record(&mut self, completion: Completion) {
+        let first = self.requests == 0;
+        self.requests += 1;
+        self.usage_known = (first || self.usage_known) && completion.usage.is_some();
+        self.usage = match (self.usage_known, self.usage, completion.usage) {
+            (false, _, _) => None,
+            (true, Some(total), Some(more)) => Some(Usage {
+                prompt_tokens: total.prompt_tokens + more.prompt_tokens,
+                completion_tokens: total.completion_tokens + more.completion_tokens,
+                total_tokens: total.total_tokens + more.total_tokens,
+            }),
+            (true, _, more) => more,
+        };
+        self.completion = completion;
+    }
+}
+
+async fn ask(
+    provider: &ProviderClient,
+    messages: Vec<ChatMessage>,
+    tools: Vec<ToolSpec>,
+    deadline: Instant,
+    text_tx: Option<&mpsc::UnboundedSender<String>>,
+) -> Result<Completion, ProviderError> {
+    match text_tx {
+        Some(tx) => {
+            provider
+                .complete_streaming(messages, tools, deadline, tx)
+                .await
+        }
+        None => provider.complete(messages, tools, deadline).await,
     }
 }
 

@@ -10,6 +10,7 @@ use super::{CliError, ServeArgs};
 use crate::agent::Agent;
 use crate::config::{Config, mask_url_password};
 use crate::http::{self, AppState};
+use crate::mcp::McpHub;
 use crate::provider::ProviderClient;
 use crate::{store, telemetry};
 
@@ -68,8 +69,10 @@ pub async fn build_state(config: &Config) -> Result<AppState, CliError> {
                 })
         })
         .collect::<Result<HashMap<_, _>, _>>()?;
+    let hub = Arc::new(McpHub::start(&config.mcp));
     let agent = Agent::new(
         store.clone(),
+        hub.clone(),
         providers,
         config.app.default_provider.clone(),
         config.agent.clone(),

@@ -9,7 +9,7 @@ use super::wire::{
 };
 
 /// The assistant's answer to one chat-completions request.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Completion {
     pub content: String,
     pub tool_calls: Vec<ToolCall>,

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 pub use sqlite::SqliteStore;
 
+use crate::agent::{ToolCallRecord, ToolCallStatus};
 use crate::config::StoreConfig;
 use crate::provider::wire::{Role, Usage};
 
@@ -47,6 +48,7 @@ pub struct NewTurn {
     pub user_id: String,
     pub turn_id: String,
     pub messages: Vec<NewMessage>,
+    pub tool_calls: Vec<ToolCallRecord>,
 }
 
 /// A message read back from the store.
@@ -63,6 +65,9 @@ pub struct StoredMessage {
     pub finish_reason: Option<String>,
     /// `None` when the provider reported no usage.
     pub usage: Option<Usage>,
+    /// On an assistant message: the tool calls of its turn, in request order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallRecord>,
 }
 
 /// Durable conversation history.
@@ -100,6 +105,27 @@ pub(crate) fn role_from_str(role: &str) -> Result<Role, StoreError> {
         "assistant" => Ok(Role::Assistant),
         "tool" => Ok(Role::Tool),
         other => Err(StoreError::Corrupt(format!("unknown role `{other}`"))),
+    }
+}
+
+pub(crate) fn status_from_str(status: &str) -> Result<ToolCallStatus, StoreError> {
+    match status {
+        "ok" => Ok(ToolCallStatus::Ok),
+        "tool_error" => Ok(ToolCallStatus::ToolError),
+        "failed" => Ok(ToolCallStatus::Failed),
+        "rejected" => Ok(ToolCallStatus::Rejected),
+        other => Err(StoreError::Corrupt(format!(
+            "unknown tool call status `{other}`"
+        ))),
+    }
+}
+
+pub(crate) fn status_to_str(status: ToolCallStatus) -> &'static str {
+    match status {
+        ToolCallStatus::Ok => "ok",
+        ToolCallStatus::ToolError => "tool_error",
+        ToolCallStatus::Failed => "failed",
+        ToolCallStatus::Rejected => "rejected",
     }
 }
 

@@ -9,7 +9,11 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 
-use super::{HistoryStore, NewTurn, StoreError, StoredMessage, role_from_str, usage_from_columns};
+use super::{
+    HistoryStore, NewTurn, StoreError, StoredMessage, role_from_str, status_from_str,
+    status_to_str, usage_from_columns,
+};
+use crate::agent::ToolCallRecord;
 use crate::config::StoreConfig;
 
 /// Largest write-ahead log kept on disk after a checkpoint, in bytes.
@@ -87,7 +91,37 @@ fn message_from_row(row: &SqliteRow) -> Result<StoredMessage, StoreError> {
             row.try_get("completion_tokens")?,
             row.try_get("total_tokens")?,
         ),
+        tool_calls: Vec::new(),
     })
+}
+
+fn tool_call_from_row(row: &SqliteRow) -> Result<(String, ToolCallRecord), StoreError> {
+    let arguments: String = row.try_get("arguments")?;
+    let record = ToolCallRecord {
+        name: row.try_get("name")?,
+        server: row.try_get("server")?,
+        tool: row.try_get("tool")?,
+        arguments: serde_json::from_str(&arguments)
+            .map_err(|err| StoreError::Corrupt(format!("tool call arguments: {err}")))?,
+        status: status_from_str(row.try_get("status")?)?,
+        error: row.try_get("error")?,
+        duration_ms: row.try_get::<i64, _>("duration_ms")?.max(0) as u64,
+        truncated: row.try_get::<i64, _>("truncated")? != 0,
+    };
+    Ok((row.try_get("turn_id")?, record))
+}
+
+/// Attaches each turn's tool calls to that turn's assistant message.
+fn attach_tool_calls(messages: &mut [StoredMessage], calls: Vec<(String, ToolCallRecord)>) {
+    for (turn_id, call) in calls {
+        let assistant = messages
+            .iter_mut()
+            .rev()
+            .find(|m| m.turn_id == turn_id && m.role == crate::provider::wire::Role::Assistant);
+        if let Some(message) = assistant {
+            message.tool_calls.push(call);
+        }
+    }
 }
 
 #[async_trait]
@@ -132,11 +166,24 @@ impl HistoryStore for SqliteStore {
             .bind(session_id)
             .fetch_all(&mut *tx)
             .await?;
+        let call_rows = sqlx::query(
+            "SELECT turn_id, name, server, tool, arguments, status, error, duration_ms, truncated \
+             FROM tool_calls WHERE session_id = ? ORDER BY turn_id, seq",
+        )
+        .bind(session_id)
+        .fetch_all(&mut *tx)
+        .await?;
         tx.commit().await?;
-        rows.iter()
+        let mut messages = rows
+            .iter()
             .map(message_from_row)
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some)
+            .collect::<Result<Vec<_>, _>>()?;
+        let calls = call_rows
+            .iter()
+            .map(tool_call_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        attach_tool_calls(&mut messages, calls);
+        Ok(Some(messages))
     }
 
     async fn save_turn(&self, turn: &NewTurn) -> Result<(), StoreError> {
@@ -170,6 +217,25 @@ impl HistoryStore for SqliteStore {
             .bind(usage.map(|u| saturating_i64(u.prompt_tokens)))
             .bind(usage.map(|u| saturating_i64(u.completion_tokens)))
             .bind(usage.map(|u| saturating_i64(u.total_tokens)))
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (seq, call) in turn.tool_calls.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO tool_calls (session_id, turn_id, seq, name, server, tool, arguments, \
+                 status, error, duration_ms, truncated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&turn.session_id)
+            .bind(&turn.turn_id)
+            .bind(seq as i64)
+            .bind(&call.name)
+            .bind(&call.server)
+            .bind(&call.tool)
+            .bind(call.arguments.to_string())
+            .bind(status_to_str(call.status))
+            .bind(&call.error)
+            .bind(saturating_i64(call.duration_ms))
+            .bind(i64::from(call.truncated))
             .execute(&mut *tx)
             .await?;
         }

@@ -10,3 +10,4 @@ mod provider;
 mod real_model;
 mod sse;
 mod store;
+mod tool_loop;

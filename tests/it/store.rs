@@ -34,6 +34,7 @@ fn turn(session: &str, turn_id: &str, user: &str, reply: &str, usage: Option<Usa
             message(Role::User, user, None),
             message(Role::Assistant, reply, usage),
         ],
+        tool_calls: Vec::new(),
     }
 }
 

@@ -95,6 +95,29 @@ pub fn completion(content: &str, usage: Option<(u64, u64)>) -> Value {
     body
 }
 
+/// A completion that calls tools: each entry is `(function name, raw arguments text)`.
+pub fn tool_calls(calls: &[(&str, &str)], finish_reason: &str) -> Value {
+    let calls: Vec<Value> = calls
+        .iter()
+        .enumerate()
+        .map(|(index, (name, arguments))| {
+            json!({
+                "id": format!("call_{index}"),
+                "type": "function",
+                "function": { "name": name, "arguments": arguments }
+            })
+        })
+        .collect();
+    json!({
+        "choices": [{
+            "index": 0,
+            "message": { "role": "assistant", "content": null, "tool_calls": calls },
+            "finish_reason": finish_reason
+        }],
+        "usage": { "prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15 }
+    })
+}
+
 /// SSE text of a streamed answer: one chunk per fragment, a final reason, usage, `[DONE]`.
 pub fn sse_body(fragments: &[&str]) -> String {
     let mut body = String::new();

@@ -15,6 +15,8 @@ pub struct Options {
     pub provider: &'static str,
     pub http: &'static str,
     pub agent: &'static str,
+    /// Extra top-level TOML, e.g. `[mcp.servers.NAME]` tables.
+    pub extra: String,
 }
 
 pub struct TestGateway {
@@ -51,10 +53,13 @@ retry_max_backoff_ms = 2000
 
 [agent]
 {agent}
+
+{extra}
 "#,
         provider = options.provider,
         http = options.http,
         agent = options.agent,
+        extra = options.extra,
     )
 }
 
@@ -69,6 +74,7 @@ impl TestGateway {
         let text = config_text(provider_url, db.to_str().unwrap(), &options);
         let config = Config::parse(&text, "test.toml", &|_| None).expect("test config is valid");
         let state = xiaomaolv::cli::serve::build_state(&config).await.unwrap();
+        state.agent.hub().settled(Duration::from_secs(60)).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
