@@ -258,6 +258,11 @@ impl Agent {
         messages
     }
 
+    /// The deadline of one turn, also used for admin tool calls.
+    pub fn turn_timeout(&self) -> Duration {
+        self.config.turn_timeout()
+    }
+
     /// The MCP servers whose tools this agent offers.
     pub fn hub(&self) -> &Arc<McpHub> {
         &self.hub

@@ -1,7 +1,11 @@
 //! Command-line interface: `serve` and `check-config`.
 
 mod check_config;
+pub mod mcp;
 pub mod serve;
+
+/// The config file `serve` and the `mcp` commands use when no `--config` is given and it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "xiaomaolv.toml";
 
 use std::path::PathBuf;
 
@@ -31,11 +35,31 @@ pub enum Command {
         /// Config file to check; without it, the embedded defaults are checked.
         file: Option<PathBuf>,
     },
+    /// Manage MCP servers in the config file.
+    Mcp {
+        /// Config file to edit; default: XIAOMAOLV_CONFIG, else ./xiaomaolv.toml.
+        #[arg(long, env = "XIAOMAOLV_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: McpCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum McpCommand {
+    /// Add a server: `mcp add NAME -- COMMAND ARGS...` or `mcp add NAME --transport http --url URL`.
+    Add(mcp::AddArgs),
+    /// List the configured servers.
+    Ls,
+    /// Connect to one server, list its tools, and print them with the round-trip time.
+    Test { name: String },
+    /// Remove a server.
+    Rm { name: String },
 }
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Config file; without it, the embedded defaults are used.
+    /// Config file; without it, ./xiaomaolv.toml if it exists, else the embedded defaults.
     #[arg(long, env = "XIAOMAOLV_CONFIG")]
     pub config: Option<PathBuf>,
     /// Log line format; overrides `app.log_format`.
@@ -75,6 +99,8 @@ pub enum CliError {
     },
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Mcp(#[from] mcp::McpCliError),
 }
 
 /// Runs the parsed command line.
@@ -82,5 +108,23 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::CheckConfig { file } => check_config::run(file.as_deref()),
+        Command::Mcp { config, command } => {
+            let config = config.as_deref();
+            match command {
+                McpCommand::Add(args) => mcp::add(config, args),
+                McpCommand::Ls => mcp::list(config),
+                McpCommand::Test { name } => {
+                    init_cli_logging();
+                    mcp::test(config, &name).await
+                }
+                McpCommand::Rm { name } => mcp::remove(config, &name),
+            }
+        }
     }
+}
+
+/// Logs warnings and errors only (unless `RUST_LOG` says otherwise), so `mcp test` output stays
+/// readable.
+fn init_cli_logging() {
+    let _ = crate::telemetry::init_logging_at(LogFormat::Human, "warn");
 }

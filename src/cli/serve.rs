@@ -15,7 +15,11 @@ use crate::provider::ProviderClient;
 use crate::{store, telemetry};
 
 pub async fn run(args: ServeArgs) -> Result<(), CliError> {
-    let config = match &args.config {
+    let config_file = args.config.clone().or_else(|| {
+        let default = std::path::PathBuf::from(super::DEFAULT_CONFIG_FILE);
+        default.exists().then_some(default)
+    });
+    let config = match &config_file {
         Some(path) => Config::load(path)?,
         None => Config::embedded()?,
     };
@@ -26,7 +30,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let provider = &config.providers[&config.app.default_provider];
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
-        config = args.config.as_ref().map_or("<embedded defaults>".into(), |p| p.display().to_string()),
+        config = config_file.as_ref().map_or("<embedded defaults>".into(), |p| p.display().to_string()),
         provider = %config.app.default_provider,
         base_url = %mask_url_password(&provider.base_url),
         model = %provider.model,

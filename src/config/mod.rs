@@ -21,7 +21,7 @@ pub use raw::{LogFormat, McpTransport, ProviderKind};
 pub use secret::{MASK, Secret, mask_url_password};
 pub use settings::{
     AgentConfig, AppConfig, ChannelsConfig, Config, HttpChannelConfig, McpConfig, McpServerConfig,
-    McpServerTransport, ProviderConfig, StoreConfig, validate_server_name,
+    McpServerTransport, ProviderConfig, StoreConfig, validate_mcp_server, validate_server_name,
 };
 
 /// The configuration used when `serve` gets no `--config`.

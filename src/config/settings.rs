@@ -440,7 +440,8 @@ pub fn validate_server_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn validate_mcp_server(name: &str, raw: RawMcpServer) -> Result<McpServerConfig, ConfigError> {
+/// Validates one `[mcp.servers.NAME]` table on its own, as `mcp add` does before writing it.
+pub fn validate_mcp_server(name: &str, raw: RawMcpServer) -> Result<McpServerConfig, ConfigError> {
     let key = |field: &str| format!("mcp.servers.{name}.{field}");
     validate_server_name(name)
         .map_err(|message| invalid(format!("mcp.servers.{name}"), message))?;

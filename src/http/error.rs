@@ -34,6 +34,8 @@ pub enum ApiError {
     NotFound(String),
     #[error(transparent)]
     Agent(#[from] AgentError),
+    #[error("tool call failed: {0}")]
+    Tool(crate::mcp::McpError),
 }
 
 #[derive(Serialize)]
@@ -78,6 +80,13 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "session_busy")
             }
             Self::Agent(AgentError::Store(_)) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
+            Self::Tool(crate::mcp::McpError::Timeout(_)) => {
+                (StatusCode::GATEWAY_TIMEOUT, "tool_timeout")
+            }
+            Self::Tool(crate::mcp::McpError::Unavailable { .. }) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "tool_unavailable")
+            }
+            Self::Tool(_) => (StatusCode::BAD_GATEWAY, "tool_error"),
         }
     }
 

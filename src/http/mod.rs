@@ -31,12 +31,20 @@ pub use state::AppState;
 pub fn router(state: AppState) -> Router {
     let router = Router::new().route("/health", get(routes::health::get));
     let router = if state.http.enabled {
-        let api = Router::new()
+        let mut api = Router::new()
             .route("/v1/messages", post(routes::messages::post))
             .route(
                 "/v1/sessions/{session_id}/messages",
                 get(routes::sessions::messages),
-            )
+            );
+        // The MCP admin routes can run any tool, so they need the API token to exist at all.
+        if state.http.api_bearer_token.is_some() {
+            api = api
+                .route("/v1/mcp/servers", get(routes::mcp::servers))
+                .route("/v1/mcp/tools", get(routes::mcp::tools))
+                .route("/v1/mcp/tools/{server}/{tool}", post(routes::mcp::call));
+        }
+        let api = api
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(from_fn_with_state(state.clone(), auth::require_api_token))

@@ -175,6 +175,15 @@ impl ServerHandle {
         }
     }
 
+    /// Lists the tools again and returns the round-trip time of `tools/list`.
+    pub async fn measure_tool_list(&self) -> Result<Duration, McpError> {
+        let snapshot = self.ready_snapshot(self.config.timeout()).await?;
+        let peer = snapshot.peer.expect("a ready server has a peer");
+        let started = std::time::Instant::now();
+        self.refresh_tools(&peer).await?;
+        Ok(started.elapsed())
+    }
+
     /// Returns a ready snapshot, waking the supervisor and waiting for it when needed.
     async fn ready_snapshot(&self, timeout: Duration) -> Result<Snapshot, McpError> {
         let current = self.state.borrow().clone();

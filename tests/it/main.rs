@@ -6,6 +6,8 @@ mod config;
 mod gateway_binary;
 mod http_api;
 mod mcp;
+mod mcp_admin;
+mod mcp_cli;
 mod provider;
 mod real_model;
 mod sse;

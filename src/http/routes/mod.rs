@@ -1,6 +1,7 @@
 //! Route handlers; each parses its input, calls one service, and shapes the response.
 
 pub mod health;
+pub mod mcp;
 pub mod messages;
 pub mod sessions;
 
