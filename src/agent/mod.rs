@@ -46,7 +46,7 @@ pub struct TurnRequest {
     pub text: String,
 }
 
-/// What a finished turn returns to the client.
+/// The result of a finished turn, as returned to the client.
 #[derive(Debug, Clone, Serialize)]
 pub struct TurnOutcome {
     pub session_id: String,
@@ -61,7 +61,7 @@ pub struct TurnOutcome {
     pub tool_calls: Vec<ToolCallRecord>,
 }
 
-/// What the agent did to produce the reply.
+/// A summary of the work behind the reply.
 #[derive(Debug, Clone, Serialize)]
 pub struct TurnActivity {
     /// How the reply was produced: `direct` (the model answered without calling a tool) or

@@ -17,7 +17,7 @@ use super::catalog::ToolCatalog;
 use crate::mcp::{McpHub, truncate_chars};
 use crate::provider::wire::{ChatMessage, Role, ToolArguments, ToolCall};
 
-/// How a tool call ended.
+/// The outcome of a tool call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ToolCallStatus {
@@ -52,7 +52,7 @@ impl ToolCallRecord {
     }
 }
 
-/// What one executed or rejected call sends back to the model.
+/// The result of one call: its record and the content sent back to the model.
 pub struct CallResult {
     pub record: ToolCallRecord,
     pub content: String,

@@ -25,7 +25,7 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 /// disconnect.
 const EXIT_STATUS_WAIT: Duration = Duration::from_secs(2);
 
-/// Where a server's session stands.
+/// The state of a server's session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ServerPhase {
@@ -49,7 +49,7 @@ struct Snapshot {
     tool_lists: u64,
 }
 
-/// What `GET /v1/mcp/servers` and `mcp ls` show about a server.
+/// The state of one server, as `GET /v1/mcp/servers` returns it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ServerStatus {
     pub name: String,

@@ -33,7 +33,7 @@ pub struct MessageBody {
     stream: bool,
 }
 
-/// What a streaming turn emits, in order: text fragments, then one final result.
+/// An event of a streaming turn: text fragments in order, then one final result.
 enum TurnEvent {
     Delta(String),
     Done(Box<Result<TurnOutcome, AgentError>>),
