@@ -286,3 +286,39 @@ async fn large_result_is_truncated_for_model() {
     assert!(content.chars().count() <= 1000);
     assert!(content.contains("of 50000 characters"), "{content}");
 }
+
+#[tokio::test]
+async fn streaming_turn_runs_tools_and_reports_them() {
+    use futures_util::StreamExt;
+
+    let fake = FakeOpenAi::start().await;
+    fake.push(Reply::Json(tool_calls(
+        &[("faults__echo", r#"{"text": "streamed"}"#)],
+        "tool_calls",
+    )));
+    fake.push(Reply::stream_split(
+        &crate::common::fake_openai::sse_body(&["echo ", "said streamed"]),
+        &[9],
+    ));
+    let gateway = gateway_with_tools(&fake, "").await;
+
+    let mut request = message("s1", "echo it");
+    request["stream"] = json!(true);
+    let response = gateway.post_message(request).await;
+    assert_eq!(response.status(), 200);
+    let mut text = String::new();
+    let mut body = response.bytes_stream();
+    while let Some(piece) = body.next().await {
+        text.push_str(&String::from_utf8_lossy(&piece.unwrap()));
+    }
+    let done = text
+        .split("\n\n")
+        .find(|b| b.starts_with("event: done"))
+        .expect("done event");
+    let done: Value = serde_json::from_str(done.split_once("data: ").unwrap().1).unwrap();
+    assert_eq!(done["reply"], "echo said streamed");
+    assert_eq!(done["tool_calls"][0]["status"], "ok");
+    assert_eq!(done["activity"]["mode"], "tool_loop");
+    let history = gateway.history("s1").await.unwrap();
+    assert_eq!(history[1]["tool_calls"][0]["tool"], "echo");
+}
