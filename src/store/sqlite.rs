@@ -3,11 +3,11 @@
 use std::str::FromStr;
 
 use async_trait::async_trait;
-use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
+use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{
     HistoryStore, NewTurn, StoreError, StoredMessage, role_from_str, status_from_str,
@@ -65,6 +65,9 @@ async fn pool(options: SqliteConnectOptions, size: u32) -> Result<SqlitePool, sq
     SqlitePoolOptions::new()
         .max_connections(size)
         .min_connections(1)
+        // A ping before every acquire would add a round trip to the connection's worker thread;
+        // a broken connection surfaces on the query itself instead.
+        .test_before_acquire(false)
         .idle_timeout(None)
         .max_lifetime(None)
         .connect_with(options)
@@ -198,28 +201,27 @@ impl HistoryStore for SqliteStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        for message in &turn.messages {
+        // One statement for all messages: each statement is a round trip to sqlx's worker thread.
+        let mut insert = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO messages (session_id, turn_id, role, content, user_id, created_at_ms, \
+             provider, model, finish_reason, prompt_tokens, completion_tokens, total_tokens) ",
+        );
+        insert.push_values(&turn.messages, |mut row, message| {
             let usage = message.usage;
-            sqlx::query(
-                "INSERT INTO messages (session_id, turn_id, role, content, user_id, created_at_ms, \
-                 provider, model, finish_reason, prompt_tokens, completion_tokens, total_tokens) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&turn.session_id)
-            .bind(&turn.turn_id)
-            .bind(message.role.as_str())
-            .bind(&message.content)
-            .bind(&turn.user_id)
-            .bind(message.created_at_ms)
-            .bind(&message.provider)
-            .bind(&message.model)
-            .bind(&message.finish_reason)
-            .bind(usage.map(|u| saturating_i64(u.prompt_tokens)))
-            .bind(usage.map(|u| saturating_i64(u.completion_tokens)))
-            .bind(usage.map(|u| saturating_i64(u.total_tokens)))
-            .execute(&mut *tx)
-            .await?;
-        }
+            row.push_bind(&turn.session_id)
+                .push_bind(&turn.turn_id)
+                .push_bind(message.role.as_str())
+                .push_bind(&message.content)
+                .push_bind(&turn.user_id)
+                .push_bind(message.created_at_ms)
+                .push_bind(&message.provider)
+                .push_bind(&message.model)
+                .push_bind(&message.finish_reason)
+                .push_bind(usage.map(|u| saturating_i64(u.prompt_tokens)))
+                .push_bind(usage.map(|u| saturating_i64(u.completion_tokens)))
+                .push_bind(usage.map(|u| saturating_i64(u.total_tokens)));
+        });
+        insert.build().execute(&mut *tx).await?;
         for (seq, call) in turn.tool_calls.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO tool_calls (session_id, turn_id, seq, name, server, tool, arguments, \
