@@ -189,6 +189,9 @@ impl HistoryStore for SqliteStore {
         Ok(Some(messages))
     }
 
+    // TODO: each statement is a hand-off to sqlx's per-connection worker thread, and those
+    // hand-offs, not SQLite, dominate the cost per message (docs/benchmarks.md). Batching the
+    // turns that wait for the writer into one transaction would amortize BEGIN and COMMIT.
     async fn save_turn(&self, turn: &NewTurn) -> Result<(), StoreError> {
         let now = turn.messages.last().map_or(0, |m| m.created_at_ms);
         let mut tx = self.writer.begin().await?;
