@@ -225,9 +225,12 @@ fn first_chars(text: &str, max: usize) -> String {
 /// The assistant message that carries tool calls, with ids filled in where the model left
 /// them empty (each `tool` message must name the id it answers).
 pub fn assistant_with_calls(content: &str, calls: &mut [ToolCall], iteration: u32) -> ChatMessage {
+    let mut seen = std::collections::HashSet::new();
     for (index, call) in calls.iter_mut().enumerate() {
-        if call.id.is_empty() {
+        // Each `tool` message names the call it answers, so ids must be present and distinct.
+        if call.id.is_empty() || !seen.insert(call.id.clone()) {
             call.id = format!("call_{iteration}_{index}");
+            seen.insert(call.id.clone());
         }
     }
     ChatMessage {

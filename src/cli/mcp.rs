@@ -113,9 +113,44 @@ fn write_document(path: &Path, doc: &DocumentMut) -> Result<(), McpCliError> {
     let file_name = path
         .file_name()
         .map_or("xiaomaolv.toml".into(), |n| n.to_string_lossy());
-    let temp = path.with_file_name(format!(".{file_name}.tmp"));
+    let temp = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
     std::fs::write(&temp, text).map_err(write_error)?;
-    std::fs::rename(&temp, path).map_err(write_error)
+    // The file may hold secrets (--env values), so the replacement keeps its permissions.
+    if let Ok(metadata) = std::fs::metadata(path) {
+        let _ = std::fs::set_permissions(&temp, metadata.permissions());
+    }
+    std::fs::rename(&temp, path).map_err(|err| {
+        let _ = std::fs::remove_file(&temp);
+        write_error(err)
+    })
+}
+
+/// Runs a read-modify-write of the config file under an exclusive lock, so concurrent `mcp`
+/// commands cannot lose each other's edits. A symlink is followed, so the edit lands in its
+/// target rather than replacing the link.
+fn edit_locked<T>(
+    path: &Path,
+    edit: impl FnOnce(&Path) -> Result<T, CliError>,
+) -> Result<T, CliError> {
+    let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let file_name = target
+        .file_name()
+        .map_or("xiaomaolv.toml".into(), |n| n.to_string_lossy());
+    let lock_path = target.with_file_name(format!(".{file_name}.lock"));
+    let lock_error = |source| McpCliError::Write {
+        path: lock_path.display().to_string(),
+        source,
+    };
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(lock_error)?;
+    lock.lock().map_err(lock_error)?;
+    let result = edit(&target);
+    let _ = lock.unlock();
+    result
 }
 
 fn servers_table(doc: &mut DocumentMut) -> Result<&mut Table, McpCliError> {
@@ -141,7 +176,11 @@ pub fn add(config: Option<&Path>, args: AddArgs) -> Result<(), CliError> {
     let path = config_path(config);
     let raw = raw_server(&args)?;
     validate_mcp_server(&args.name, raw)?;
-    let mut doc = read_document(&path, true)?;
+    edit_locked(&path, |path| add_locked(path, args))
+}
+
+fn add_locked(path: &Path, args: AddArgs) -> Result<(), CliError> {
+    let mut doc = read_document(path, true)?;
     let servers = servers_table(&mut doc)?;
     if servers.contains_key(&args.name) {
         let path = path.display().to_string();
@@ -257,8 +296,11 @@ fn inline(map: std::collections::BTreeMap<String, String>) -> InlineTable {
 }
 
 pub fn remove(config: Option<&Path>, name: &str) -> Result<(), CliError> {
-    let path = config_path(config);
-    let mut doc = read_document(&path, false)?;
+    edit_locked(&config_path(config), |path| remove_locked(path, name))
+}
+
+fn remove_locked(path: &Path, name: &str) -> Result<(), CliError> {
+    let mut doc = read_document(path, false)?;
     let removed = servers_table(&mut doc)?.remove(name).is_some();
     if !removed {
         let path = path.display().to_string();

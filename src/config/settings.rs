@@ -509,6 +509,18 @@ fn http_transport(name: &str, raw: &RawMcpServer) -> Result<McpServerTransport, 
         Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
         _ => return Err(invalid(key, format!("`{url}` is not an http(s) URL"))),
     }
+    for (header, text) in raw.headers.iter().flatten() {
+        let key = format!("mcp.servers.{name}.headers.{header}");
+        if reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_err() {
+            return Err(invalid(key, "is not a valid HTTP header name"));
+        }
+        if reqwest::header::HeaderValue::from_str(text).is_err() {
+            return Err(invalid(
+                key,
+                "has a value that cannot be sent in an HTTP header (a line break or control character)",
+            ));
+        }
+    }
     Ok(McpServerTransport::Http {
         url,
         headers: secret_map(raw.headers.clone()),

@@ -165,10 +165,59 @@ fn child_command(
     child
 }
 
+/// Longest stderr line logged; the rest of a longer line is dropped.
+const MAX_STDERR_LINE_BYTES: usize = 4096;
+/// Stderr lines logged per server per second; the others are counted and reported.
+const MAX_STDERR_LINES_PER_SECOND: u32 = 50;
+
 async fn log_stderr(server: String, stderr: tokio::process::ChildStderr) {
-    let mut lines = BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        tracing::info!(server = %server, line = %line, "MCP server stderr");
+    let mut reader = BufReader::new(stderr);
+    let mut line = Vec::new();
+    let mut window = tokio::time::Instant::now();
+    let (mut logged, mut dropped) = (0u32, 0u64);
+    loop {
+        line.clear();
+        let limit = MAX_STDERR_LINE_BYTES as u64;
+        match (&mut reader).take(limit).read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if !line.ends_with(b"\n") && line.len() == MAX_STDERR_LINE_BYTES {
+            skip_rest_of_line(&mut reader).await;
+        }
+        if window.elapsed() >= Duration::from_secs(1) {
+            if dropped > 0 {
+                tracing::warn!(server = %server, dropped, "MCP server stderr lines dropped by the rate limit");
+            }
+            window = tokio::time::Instant::now();
+            (logged, dropped) = (0, 0);
+        }
+        if logged >= MAX_STDERR_LINES_PER_SECOND {
+            dropped += 1;
+            continue;
+        }
+        logged += 1;
+        let text = String::from_utf8_lossy(&line);
+        tracing::info!(server = %server, line = %text.trim_end(), "MCP server stderr");
+    }
+}
+
+async fn skip_rest_of_line(reader: &mut BufReader<tokio::process::ChildStderr>) {
+    loop {
+        let Ok(buffer) = reader.fill_buf().await else {
+            return;
+        };
+        if buffer.is_empty() {
+            return;
+        }
+        let (consumed, found) = match buffer.iter().position(|b| *b == b'\n') {
+            Some(index) => (index + 1, true),
+            None => (buffer.len(), false),
+        };
+        reader.consume(consumed);
+        if found {
+            return;
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::connection::{self, Events, wait_exit};
 use super::{McpError, ToolInfo, ToolOutput};
-use crate::config::McpServerConfig;
+use crate::config::{McpServerConfig, McpServerTransport};
 
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(500);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
@@ -146,13 +146,26 @@ impl ServerHandle {
         arguments: serde_json::Map<String, Value>,
         timeout: Duration,
     ) -> Result<ToolOutput, McpError> {
+        self.call_within(tool, arguments, timeout)
+            .await
+            .map_err(|err| self.redact(err))
+    }
+
+    /// Bounds waiting for the server and the call itself by one `timeout` in total.
+    async fn call_within(
+        &self,
+        tool: &str,
+        arguments: serde_json::Map<String, Value>,
+        timeout: Duration,
+    ) -> Result<ToolOutput, McpError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let snapshot = self.ready_snapshot(timeout).await?;
         let peer = snapshot.peer.expect("a ready server has a peer");
         let mut params = CallToolRequestParams::new(tool.to_owned());
         params.arguments = Some(arguments);
         let exited = snapshot.exited.expect("a ready server has an exit watch");
         let result = tokio::select! {
-            result = tokio::time::timeout(timeout, peer.call_tool(params)) => result,
+            result = tokio::time::timeout_at(deadline, peer.call_tool(params)) => result,
             description = wait_exit(exited.clone()) => return Err(McpError::Exited(description)),
         };
         match result {
@@ -203,6 +216,42 @@ impl ServerHandle {
                 Err(self.unavailable(reason.unwrap_or_else(|| "not connected yet".to_owned())))
             }
         }
+    }
+
+    /// Masks configured header and environment values in an error, since a server may echo them.
+    fn redact(&self, error: McpError) -> McpError {
+        match error {
+            McpError::Unavailable { server, reason } => McpError::Unavailable {
+                server,
+                reason: self.redact_text(&reason),
+            },
+            McpError::Rpc { code, message } => McpError::Rpc {
+                code,
+                message: self.redact_text(&message),
+            },
+            McpError::Disconnected(text) => McpError::Disconnected(self.redact_text(&text)),
+            McpError::Initialize(text) => McpError::Initialize(self.redact_text(&text)),
+            other => other,
+        }
+    }
+
+    fn redact_text(&self, text: &str) -> String {
+        let secrets: Vec<&str> = match &self.config.transport {
+            McpServerTransport::Stdio { env, .. } => env.values().map(|v| v.expose()).collect(),
+            McpServerTransport::Http { headers, .. } => {
+                headers.values().map(|v| v.expose()).collect()
+            }
+        };
+        let mut text = text.to_owned();
+        for secret in secrets {
+            for part in std::iter::once(secret).chain(secret.strip_prefix("Bearer ")) {
+                // Very short values ("1", "true") are not credentials and would mangle the text.
+                if part.len() >= 6 {
+                    text = text.replace(part, crate::config::MASK);
+                }
+            }
+        }
+        text
     }
 
     fn unavailable(&self, reason: String) -> McpError {
@@ -301,6 +350,7 @@ impl ServerHandle {
     }
 
     fn fail(&self, err: McpError) -> SessionEnd {
+        let err = self.redact(err);
         tracing::warn!(server = %self.name, error = %err, "MCP server unavailable; will retry");
         self.update(|s| {
             s.phase = ServerPhase::Failed;

@@ -6,7 +6,7 @@ use std::time::Duration;
 pub enum ProviderError {
     #[error("provider request timed out after {} ms", .0.as_millis())]
     Timeout(Duration),
-    #[error("turn deadline reached before the provider answered")]
+    #[error("the turn's deadline (agent.turn_timeout_ms) was reached before the provider answered")]
     DeadlineExceeded,
     #[error("cannot connect to provider: {0}")]
     Connect(String),

@@ -480,3 +480,21 @@ fn base_url_credentials_print_masked() {
     assert!(!printed.contains("pa55word"), "{printed}");
     assert!(printed.contains("user:********@127.0.0.1"), "{printed}");
 }
+
+#[test]
+fn mcp_headers_must_be_sendable() {
+    let cases = [
+        (
+            "[mcp.servers.a]\ntransport = \"http\"\nurl = \"http://h/mcp\"\nheaders = { \"Bad Name\" = \"x\" }\n",
+            "mcp.servers.a.headers.Bad Name",
+        ),
+        (
+            "[mcp.servers.a]\ntransport = \"http\"\nurl = \"http://h/mcp\"\nheaders = { X = \"a\\nb\" }\n",
+            "mcp.servers.a.headers.X",
+        ),
+    ];
+    for (table, key) in cases {
+        let message = error_text(&format!("{MINIMAL}\n{table}"), &[]);
+        assert!(message.contains(key), "{table}: {message}");
+    }
+}

@@ -301,3 +301,49 @@ async fn arguments_must_be_an_object() {
         .unwrap_err();
     assert!(matches!(err, McpError::UnknownServer(_)));
 }
+
+#[tokio::test]
+async fn echoed_header_secrets_are_masked() {
+    use axum::http::HeaderMap;
+
+    async fn echo_headers(headers: HeaderMap) -> (axum::http::StatusCode, String) {
+        let auth = headers
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let key = headers
+            .get("x-api-key")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (
+            axum::http::StatusCode::BAD_REQUEST,
+            format!("rejected {auth:?} and {key:?}"),
+        )
+    }
+    let app = axum::Router::new().fallback(echo_headers);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let mut config = http(&format!("http://{addr}/mcp"));
+    if let xiaomaolv::config::McpServerTransport::Http { headers, .. } = &mut config.transport {
+        headers.insert(
+            "Authorization".into(),
+            xiaomaolv::config::Secret::new("Bearer hdr-SECRET-abc".into()),
+        );
+        headers.insert(
+            "X-Api-Key".into(),
+            xiaomaolv::config::Secret::new("xkey-SECRET-def".into()),
+        );
+    }
+    let hub = McpHub::start(&hub_config(vec![("echoer", config)]));
+    hub.settled(SETTLE).await;
+    let status = hub.statuses().remove(0);
+    assert_eq!(status.state, ServerPhase::Failed);
+    let error = status.last_error.unwrap();
+    assert!(!error.contains("hdr-SECRET-abc"), "{error}");
+    assert!(!error.contains("xkey-SECRET-def"), "{error}");
+    assert!(
+        error.contains("********"),
+        "the echoed values were masked: {error}"
+    );
+    server.abort();
+}

@@ -158,3 +158,86 @@ fn add_rejects_duplicates_and_mixed_flags() {
     assert_ne!(code, 0);
     assert!(stderr.contains("no server `missing`"), "{stderr}");
 }
+
+#[test]
+fn concurrent_adds_keep_every_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.toml");
+    std::fs::write(&path, COMMENTED).unwrap();
+    let config = path.to_str().unwrap().to_owned();
+    let children: Vec<_> = (0..12)
+        .map(|i| {
+            Command::new(binary())
+                .args([
+                    "mcp",
+                    "add",
+                    &format!("s{i}"),
+                    "--config",
+                    &config,
+                    "--",
+                    "echo",
+                    "hi",
+                ])
+                .output()
+        })
+        .collect();
+    for child in children {
+        let output = child.unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let (code, stdout, _) = run(dir.path(), &["mcp", "ls", "--config", &config]);
+    assert_eq!(code, 0);
+    for i in 0..12 {
+        assert!(
+            stdout.contains(&format!("s{i}\tstdio")),
+            "s{i} missing:\n{stdout}"
+        );
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn edits_keep_permissions_and_follow_symlinks() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real.toml");
+    std::fs::write(&real, COMMENTED).unwrap();
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let link = dir.path().join("link.toml");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+
+    let (code, _, stderr) = run(
+        dir.path(),
+        &[
+            "mcp",
+            "add",
+            "tools",
+            "--config",
+            link.to_str().unwrap(),
+            "--env",
+            "KEY=secret",
+            "--",
+            "cmd",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the link stays a link"
+    );
+    assert!(
+        std::fs::read_to_string(&real)
+            .unwrap()
+            .contains("[mcp.servers.tools]")
+    );
+    let mode = std::fs::metadata(&real).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}

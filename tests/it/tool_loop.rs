@@ -322,3 +322,32 @@ async fn streaming_turn_runs_tools_and_reports_them() {
     let history = gateway.history("s1").await.unwrap();
     assert_eq!(history[1]["tool_calls"][0]["tool"], "echo");
 }
+
+#[tokio::test]
+async fn duplicate_call_ids_are_made_distinct() {
+    let fake = FakeOpenAi::start().await;
+    let mut reply = tool_calls(
+        &[
+            ("faults__echo", r#"{"text": "one"}"#),
+            ("faults__echo", r#"{"text": "two"}"#),
+        ],
+        "tool_calls",
+    );
+    for call in reply["choices"][0]["message"]["tool_calls"]
+        .as_array_mut()
+        .unwrap()
+    {
+        call["id"] = json!("same");
+    }
+    fake.push(Reply::Json(reply));
+    fake.push(Reply::text("ok"));
+    let gateway = gateway_with_tools(&fake, "").await;
+
+    let (status, _) = gateway.send(message("s1", "twice")).await;
+    assert_eq!(status, 200);
+    let results = tool_messages(&fake.requests()[1].body);
+    assert_eq!(results.len(), 2);
+    assert_ne!(results[0].0, results[1].0);
+    assert_eq!(results[0].1, "one");
+    assert_eq!(results[1].1, "two");
+}
