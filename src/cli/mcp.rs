@@ -191,7 +191,7 @@ fn add_locked(path: &Path, args: AddArgs) -> Result<(), CliError> {
         .into());
     }
     servers.insert(&args.name, Item::Table(server_table(&args)));
-    write_document(&path, &doc)?;
+    write_document(path, &doc)?;
     eprintln!("added MCP server `{}` to {}", args.name, path.display());
     Ok(())
 }
@@ -310,7 +310,7 @@ fn remove_locked(path: &Path, name: &str) -> Result<(), CliError> {
         }
         .into());
     }
-    write_document(&path, &doc)?;
+    write_document(path, &doc)?;
     eprintln!("removed MCP server `{name}` from {}", path.display());
     Ok(())
 }
