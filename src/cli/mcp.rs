@@ -344,7 +344,7 @@ fn describe(name: &str, item: &Item) -> String {
         .and_then(|v| v.as_bool())
         .unwrap_or(true);
     let target = if transport == "http" {
-        field("url").unwrap_or_default()
+        crate::config::mask_url_password(&field("url").unwrap_or_default())
     } else {
         let command = field("command").unwrap_or_default();
         let args = field("args").unwrap_or_default();
@@ -393,7 +393,7 @@ pub async fn test(config: Option<&Path>, name: &str) -> Result<(), CliError> {
     let tools = handle.tools();
     let target = match &server.transport {
         McpServerTransport::Stdio { command, .. } => command.clone(),
-        McpServerTransport::Http { url, .. } => url.clone(),
+        McpServerTransport::Http { url, .. } => crate::config::mask_url_password(url),
     };
     println!(
         "{name} ({} {target}): ready in {} ms; tools/list round trip {}; {} tools",

@@ -53,13 +53,42 @@ impl Serialize for Secret {
     }
 }
 
-/// Masks the password of a URL such as `postgres://user:pass@host/db`, leaving the rest readable.
+/// Masks the password and every query value of a URL such as
+/// `postgres://user:pass@host/db?key=value`, leaving the rest readable.
 pub fn mask_url_password(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let mut masked = mask_userinfo(base);
+    if let Some(query) = query {
+        let (query, fragment) = match query.split_once('#') {
+            Some((query, fragment)) => (query, Some(fragment)),
+            None => (query, None),
+        };
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) => format!("{key}={MASK}"),
+                None => pair.to_owned(),
+            })
+            .collect();
+        masked.push('?');
+        masked.push_str(&pairs.join("&"));
+        if let Some(fragment) = fragment {
+            masked.push('#');
+            masked.push_str(fragment);
+        }
+    }
+    masked
+}
+
+fn mask_userinfo(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
     let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority_end = rest.find(['/', '#']).unwrap_or(rest.len());
     let authority = &rest[..authority_end];
     let Some(at) = authority.rfind('@') else {
         return url.to_owned();
@@ -100,7 +129,11 @@ mod tests {
     fn url_password_is_masked() {
         assert_eq!(
             mask_url_password("postgres://app:hunter2@db:5432/x?sslmode=disable"),
-            format!("postgres://app:{MASK}@db:5432/x?sslmode=disable")
+            format!("postgres://app:{MASK}@db:5432/x?sslmode={MASK}")
+        );
+        assert_eq!(
+            mask_url_password("http://h/mcp?api_key=abc&v=2#top"),
+            format!("http://h/mcp?api_key={MASK}&v={MASK}#top")
         );
         assert_eq!(
             mask_url_password("sqlite://xiaomaolv.db"),

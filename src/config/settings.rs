@@ -117,6 +117,7 @@ pub enum McpServerTransport {
         cwd: Option<String>,
     },
     Http {
+        #[serde(serialize_with = "serialize_masked_url")]
         url: String,
         headers: BTreeMap<String, Secret>,
     },

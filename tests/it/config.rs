@@ -498,3 +498,17 @@ fn mcp_headers_must_be_sendable() {
         assert!(message.contains(key), "{table}: {message}");
     }
 }
+
+#[test]
+fn mcp_url_query_values_print_masked() {
+    let table = "[mcp.servers.a]\ntransport = \"http\"\nurl = \"http://u:pw-secret@h/mcp?api_key=${URLKEY}\"\n";
+    let config = parse_with(
+        &format!("{MINIMAL}\n{table}"),
+        &[("URLKEY", "url-secret-1")],
+    )
+    .unwrap();
+    let printed = config.to_masked_toml();
+    assert!(!printed.contains("url-secret-1"), "{printed}");
+    assert!(!printed.contains("pw-secret"), "{printed}");
+    assert!(printed.contains("api_key=********"), "{printed}");
+}
