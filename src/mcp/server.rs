@@ -321,7 +321,15 @@ impl ServerHandle {
                     break SessionEnd::Closed;
                 }
                 _ = &mut session => {
-                    self.mark_closed(ServerPhase::Failed, "the session was closed".to_owned());
+                    // A stdio child's stdout closes just before its exit is reaped.
+                    let exit = tokio::time::timeout(EXIT_STATUS_WAIT, wait_exit(exited.clone())).await;
+                    match exit {
+                        Ok(description) => self.mark_closed(
+                            ServerPhase::Exited,
+                            format!("server process exited ({description})"),
+                        ),
+                        Err(_) => self.mark_closed(ServerPhase::Failed, "the session was closed".to_owned()),
+                    }
                     break SessionEnd::Closed;
                 }
             }
