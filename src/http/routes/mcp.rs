@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use axum::Json;
-use axum::body::{Body, to_bytes};
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use serde::Serialize;
@@ -92,14 +92,11 @@ async fn parse_arguments(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Value, ApiError> {
-    let limit = state.http.max_body_bytes;
-    let bytes = to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::PayloadTooLarge { limit })?;
+    let bytes = super::read_body(state, headers, body).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Object(Default::default()));
     }
-    super::messages::check_content_type(headers)?;
+    super::check_content_type(headers)?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(value @ Value::Object(_)) => Ok(value),
         Ok(_) => Err(ApiError::InvalidBody(

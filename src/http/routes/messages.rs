@@ -6,7 +6,7 @@
 use std::convert::Infallible;
 
 use axum::Json;
-use axum::body::{Body, to_bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -17,7 +17,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use super::validate_id;
+use super::{check_content_type, read_body, validate_id};
 use crate::agent::{AgentError, TurnOutcome, TurnRequest};
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
@@ -69,14 +69,7 @@ async fn parse_body(
     body: Body,
 ) -> Result<MessageBody, ApiError> {
     check_content_type(headers)?;
-    let limit = state.http.max_body_bytes;
-    if declared_length(headers).is_some_and(|length| length > limit) {
-        return Err(ApiError::PayloadTooLarge { limit });
-    }
-    let bytes = tokio::time::timeout(BODY_READ_TIMEOUT, to_bytes(body, limit))
-        .await
-        .map_err(|_| ApiError::BodyTimeout(BODY_READ_TIMEOUT))?
-        .map_err(|err| body_error(err, limit))?;
+    let bytes = read_body(state, headers, body).await?;
     // serde accepts a JSON array for a struct, field by position; only an object is valid here.
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(ApiError::InvalidBody(
@@ -93,48 +86,6 @@ async fn parse_body(
     validate_id("user_id", &body.user_id)?;
     validate_text(&body.text, state.http.max_text_bytes)?;
     Ok(body)
-}
-
-/// How long a client may take to send the request body.
-const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-fn declared_length(headers: &HeaderMap) -> Option<usize> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-fn body_error(err: axum::Error, limit: usize) -> ApiError {
-    let source = err.into_inner();
-    if source
-        .downcast_ref::<http_body_util::LengthLimitError>()
-        .is_some()
-    {
-        ApiError::PayloadTooLarge { limit }
-    } else {
-        ApiError::InvalidBody(format!("failed to read the request body: {source}"))
-    }
-}
-
-pub(crate) fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
-    let value = headers
-        .get(header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap_or("(not text)"));
-    let Some(value) = value else {
-        return Err(ApiError::UnsupportedMediaType(
-            "no Content-Type header".to_owned(),
-        ));
-    };
-    let mime = value.split(';').next().unwrap_or("").trim();
-    if mime.eq_ignore_ascii_case("application/json") {
-        Ok(())
-    } else {
-        Err(ApiError::UnsupportedMediaType(format!("`{value}`")))
-    }
 }
 
 /// Turns a serde error into one that names the offending field.

@@ -1,11 +1,14 @@
 //! Route handlers; each parses its input, calls one service, and shapes the response.
 
+mod body;
 pub mod health;
 pub mod mcp;
 pub mod messages;
 pub mod sessions;
 
 use super::error::ApiError;
+
+pub use body::{check_content_type, read_body};
 
 /// Longest accepted `session_id` or `user_id`, in bytes.
 pub const MAX_ID_BYTES: usize = 256;
