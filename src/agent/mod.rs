@@ -204,15 +204,10 @@ impl Agent {
             max_parallel: self.config.max_parallel_tool_calls as usize,
             max_result_chars: self.config.max_tool_result_chars,
         };
+        let specs = catalog.specs();
         for iteration in 0..limits.max_iterations {
-            let mut completion = ask(
-                provider,
-                messages.clone(),
-                catalog.specs(),
-                deadline,
-                text_tx,
-            )
-            .await?;
+            let mut completion =
+                ask(provider, messages.clone(), specs.clone(), deadline, text_tx).await?;
             if completion.tool_calls.is_empty() {
                 reply.record(completion);
                 return Ok(reply);

@@ -1,7 +1,7 @@
 //! The classic tool loop: native function calling, bounded by `max_tool_iterations`.
 //!
-//! Each model request offers the tools; the tool calls of one assistant message run concurrently
-//! (at most `max_parallel_tool_calls` at a time) and their results go back as `tool` messages.
+//! Each model request offers the tools. The tool calls of one assistant message run concurrently,
+//! at most `max_parallel_tool_calls` at a time, and their results go back as `tool` messages.
 //! Calls that cannot be run (unknown tool, arguments that are not JSON or fail the input schema)
 //! are not executed: the model gets a tool message naming the problem so it can correct itself.
 //! After the last iteration one request without tools asks for the answer.
@@ -223,11 +223,11 @@ fn first_chars(text: &str, max: usize) -> String {
 }
 
 /// The assistant message that carries tool calls, with ids filled in where the model left
-/// them empty (each `tool` message must name the id it answers).
+/// them empty (each `tool` message must name the id of the call it replies to).
 pub fn assistant_with_calls(content: &str, calls: &mut [ToolCall], iteration: u32) -> ChatMessage {
     let mut seen = std::collections::HashSet::new();
     for (index, call) in calls.iter_mut().enumerate() {
-        // Each `tool` message names the call it answers, so ids must be present and distinct.
+        // Each `tool` message names the call it replies to, so ids must be present and distinct.
         if call.id.is_empty() || !seen.insert(call.id.clone()) {
             call.id = format!("call_{iteration}_{index}");
             seen.insert(call.id.clone());

@@ -39,7 +39,7 @@ impl Config {
         })
     }
 
-    /// The embedded defaults, expanded against the process environment.
+    /// Loads the embedded defaults, expanded against the process environment.
     pub fn embedded() -> Result<Self, ConfigError> {
         Self::parse(EMBEDDED_DEFAULTS, "<embedded defaults>", &|name| {
             std::env::var(name).ok()
@@ -68,7 +68,7 @@ impl Config {
         Config::try_from(raw)
     }
 
-    /// The effective settings as TOML, secrets masked.
+    /// Renders the effective settings as TOML with secrets masked.
     pub fn to_masked_toml(&self) -> String {
         toml::to_string_pretty(self).expect("validated settings always serialize")
     }

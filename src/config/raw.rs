@@ -143,7 +143,7 @@ pub struct RawAgent {
     pub max_tool_iterations: Option<u32>,
     /// Tool calls of one assistant message that run at the same time. Default 4.
     pub max_parallel_tool_calls: Option<u32>,
-    /// Longest tool result given to the model, in characters; longer results are cut with a
+    /// Maximum length of a tool result given to the model, in characters; longer results are cut with a
     /// marker that gives the original size. Default 20000.
     pub max_tool_result_chars: Option<usize>,
 }

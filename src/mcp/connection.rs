@@ -17,7 +17,7 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::async_rw::AsyncRwTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::{ClientHandler, ServiceExt};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -165,7 +165,7 @@ fn child_command(
     child
 }
 
-/// Longest stderr line logged; the rest of a longer line is dropped.
+/// Maximum length of a logged stderr line, in bytes; the rest of a longer line is dropped.
 const MAX_STDERR_LINE_BYTES: usize = 4096;
 /// Stderr lines logged per server per second; the others are counted and reported.
 const MAX_STDERR_LINES_PER_SECOND: u32 = 50;
@@ -267,15 +267,13 @@ async fn forward_line(
         }
         Some(_) => {
             let text = String::from_utf8_lossy(line);
-            let shown: String = text.trim_end().chars().take(200).collect();
-            tracing::warn!(server = %server, line = %shown, "Ignoring a non-JSON line on MCP server stdout");
+            let preview: String = text.trim_end().chars().take(200).collect();
+            tracing::warn!(server = %server, line = %preview, "Ignoring a non-JSON line on MCP server stdout");
             true
         }
         None => true,
     }
 }
-
-use tokio::io::AsyncReadExt as _;
 
 async fn watch_exit(
     server: String,

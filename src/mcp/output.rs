@@ -77,7 +77,7 @@ pub struct Truncated {
 
 /// Cuts `text` to at most `max_chars` characters, marker included, on a character boundary.
 ///
-/// The marker states the original size, so the model knows the result is incomplete.
+/// The marker states the original size, so the model can tell that the result is incomplete.
 pub fn truncate_chars(text: &str, max_chars: usize) -> Truncated {
     let original_chars = text.chars().count();
     if original_chars <= max_chars {

@@ -14,7 +14,7 @@ use super::sse::SseDecoder;
 use super::wire::{ChatChunk, ChatCompletion, ChatMessage, ChatRequest, StreamOptions, ToolSpec};
 use crate::config::{ProviderConfig, Secret};
 
-/// Longest upstream error body quoted in an error message.
+/// Maximum length of the upstream error text quoted in an error message, in characters.
 const MAX_ERROR_BODY_CHARS: usize = 300;
 
 /// A client for one `[providers.NAME]` entry.

@@ -116,7 +116,7 @@ pub struct FunctionCall {
 pub enum ToolArguments {
     /// Arguments that parsed as JSON (an empty string counts as `{}`).
     Json(Value),
-    /// Text that is not JSON, kept verbatim so the model can be told what was wrong with it.
+    /// Text that is not JSON, kept verbatim so the error sent to the model can quote it.
     Invalid(String),
 }
 

@@ -73,14 +73,14 @@ pub struct StoredMessage {
 /// Durable conversation history.
 #[async_trait]
 pub trait HistoryStore: Send + Sync + 'static {
-    /// The last `limit` messages of a session, oldest first; empty for an unknown session.
+    /// Returns the last `limit` messages of a session, oldest first (none for an unknown session).
     async fn recent_messages(
         &self,
         session_id: &str,
         limit: u32,
     ) -> Result<Vec<StoredMessage>, StoreError>;
 
-    /// All messages of a session, oldest first, or `None` when the session does not exist.
+    /// Returns all messages of a session, oldest first, or `None` when the session does not exist.
     async fn session_messages(
         &self,
         session_id: &str,
@@ -89,7 +89,7 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// Creates the session if needed and appends the turn's messages, all in one transaction.
     async fn save_turn(&self, turn: &NewTurn) -> Result<(), StoreError>;
 
-    /// Checks that the store answers a trivial query.
+    /// Runs a trivial query to check that the store is reachable.
     async fn ping(&self) -> Result<(), StoreError>;
 }
 

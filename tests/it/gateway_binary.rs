@@ -69,7 +69,8 @@ fn check_config_prints_settings_with_secrets_masked() {
         stdout.contains("api_bearer_token = \"********\""),
         "{stdout}"
     );
-    assert!(!stdout.contains("sk-live-abcdef") && !stderr.contains("sk-live-abcdef"));
+    assert!(!stdout.contains("sk-live-abcdef"), "{stdout}");
+    assert!(!stderr.contains("sk-live-abcdef"), "{stderr}");
     assert!(!stdout.contains("tok-123456"));
     assert!(stderr.contains("configuration is valid"), "{stderr}");
 }

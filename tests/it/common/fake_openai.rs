@@ -184,7 +184,7 @@ impl FakeOpenAi {
         self.shared.requests.lock().unwrap().len()
     }
 
-    /// The most requests that were being answered at the same moment.
+    /// The maximum number of requests handled at the same moment.
     pub fn max_in_flight(&self) -> usize {
         self.shared.max_in_flight.load(Ordering::SeqCst)
     }
