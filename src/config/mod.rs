@@ -5,6 +5,7 @@
 //! expanded secret in them. Then string values are expanded from the environment, and the
 //! expanded document is deserialized into [`raw::RawConfig`] and validated into [`Config`].
 
+mod code_mode;
 mod error;
 mod expand;
 pub mod raw;
@@ -15,9 +16,10 @@ use std::path::Path;
 
 use toml_edit::DocumentMut;
 
+pub use code_mode::CodeModeConfig;
 pub use error::ConfigError;
 pub use expand::{ExpandError, expand_str};
-pub use raw::{LogFormat, McpTransport, ProviderKind};
+pub use raw::{Capability, ExecutionMode, LogFormat, McpTransport, ProgramDelivery, ProviderKind};
 pub use secret::{MASK, Secret, mask_url_password};
 pub use settings::{
     AgentConfig, AppConfig, ChannelsConfig, Config, HttpChannelConfig, McpConfig, McpServerConfig,

@@ -146,6 +146,86 @@ pub struct RawAgent {
     /// Maximum length of a tool result given to the model, in characters; longer results are cut with a
     /// marker that gives the original size. Default 20000.
     pub max_tool_result_chars: Option<usize>,
+    #[serde(default)]
+    pub code_mode: RawCodeMode,
+}
+
+/// `[agent.code_mode]`: the model writes one JavaScript program that calls the tools, and the
+/// gateway runs it in a sandbox under these budgets.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCodeMode {
+    /// Offer code mode when tools are available. Default false.
+    pub enabled: Option<bool>,
+    /// Run and measure code mode, but let the classic tool loop serve every reply. Default false.
+    pub shadow_mode: Option<bool>,
+    /// Tool calls one program may make. Default 6.
+    pub max_calls: Option<u32>,
+    /// Tool calls of one program in flight at once, at most `max_calls`. Default 2.
+    pub max_parallel: Option<u32>,
+    /// Wall-clock budget of one program run, tool calls included. Default 2500 ms.
+    pub max_runtime_ms: Option<u64>,
+    /// Timeout of one tool call, never longer than the run time left; at most `max_runtime_ms`.
+    /// Default 1200 ms.
+    pub max_call_timeout_ms: Option<u64>,
+    /// Characters of tool results one run may receive, shared by all its calls; a result that does
+    /// not fit arrives cut, as a string with a marker. Default 12000.
+    pub max_result_chars: Option<usize>,
+    /// Memory limit of the JavaScript engine of one run, in MiB. Default 32.
+    pub memory_limit_mb: Option<u32>,
+    /// Timed-out share of a run's executed calls at which the run is a timeout alert; values
+    /// outside 0..1 are clamped, NaN is rejected. Default 0.4.
+    pub timeout_warn_ratio: Option<f64>,
+    /// Open the timeout circuit (code mode demoted to shadow runs) after a streak of alerts.
+    /// Default true.
+    pub timeout_auto_shadow_enabled: Option<bool>,
+    /// Consecutive timeout alerts that open the circuit. Default 3.
+    pub timeout_auto_shadow_streak: Option<u32>,
+    /// While the circuit is open, every Nth request runs code mode as a probe. Default 5.
+    pub timeout_auto_shadow_probe_every: Option<u32>,
+    /// `in_process` (default) or `subprocess`: run the engine in a child process with OS limits.
+    pub execution_mode: Option<ExecutionMode>,
+    /// How the program arrives: `tool` (default; one native tool with a `code` argument) or
+    /// `fenced` (a fenced js block in the reply, for providers without tool calling).
+    pub program_delivery: Option<ProgramDelivery>,
+    /// Times a failed program goes back to the model for a fix before the classic loop takes
+    /// over. Default 1.
+    pub max_repair_attempts: Option<u32>,
+    /// Expose tools that need network access (MCP `openWorldHint`, true when absent). Default false.
+    pub allow_network: Option<bool>,
+    /// Expose tools that need the file system. Default false.
+    pub allow_filesystem: Option<bool>,
+    /// Expose tools that read the environment. Default false.
+    pub allow_env: Option<bool>,
+}
+
+/// Where the JavaScript engine runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutionMode {
+    #[default]
+    InProcess,
+    Subprocess,
+}
+
+/// How the model hands its program to the gateway.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProgramDelivery {
+    #[default]
+    Tool,
+    Fenced,
+}
+
+/// A capability a tool may need, which code mode grants only when the matching `allow_*` is set.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Capability {
+    Network,
+    Filesystem,
+    Env,
 }
 
 /// `[mcp]`: tool servers.
@@ -180,6 +260,9 @@ pub struct RawMcpServer {
     pub headers: Option<BTreeMap<String, String>>,
     /// Timeout of one request to the server (initialize, tools/list, tools/call). Default 30000 ms.
     pub timeout_ms: Option<u64>,
+    /// Capabilities every tool of this server needs in code mode (`network`, `filesystem`,
+    /// `env`), replacing what the tools' annotations imply. Default: from the annotations.
+    pub capabilities: Option<Vec<Capability>>,
 }
 
 /// How the gateway reaches an MCP server.

@@ -10,9 +10,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::ConfigError;
+use super::code_mode::CodeModeConfig;
 use super::raw::{
-    LogFormat, McpTransport, ProviderKind, RawAgent, RawApp, RawChannels, RawConfig, RawMcp,
-    RawMcpServer, RawProvider, RawStore,
+    Capability, LogFormat, McpTransport, ProviderKind, RawAgent, RawApp, RawChannels, RawConfig,
+    RawMcp, RawMcpServer, RawProvider, RawStore,
 };
 use super::secret::{Secret, mask_url_password};
 
@@ -89,6 +90,7 @@ pub struct AgentConfig {
     pub max_tool_iterations: u32,
     pub max_parallel_tool_calls: u32,
     pub max_tool_result_chars: usize,
+    pub code_mode: CodeModeConfig,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -100,6 +102,9 @@ pub struct McpConfig {
 pub struct McpServerConfig {
     pub enabled: bool,
     pub timeout_ms: u64,
+    /// Capabilities every tool of the server needs in code mode; `None`: from the annotations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Vec<Capability>>,
     #[serde(flatten)]
     pub transport: McpServerTransport,
 }
@@ -383,13 +388,14 @@ fn validate_http(raw: RawChannels) -> Result<HttpChannelConfig, ConfigError> {
 }
 
 fn validate_agent(raw: RawAgent) -> Result<AgentConfig, ConfigError> {
+    let turn_timeout_ms = positive(
+        "agent.turn_timeout_ms",
+        raw.turn_timeout_ms.unwrap_or(120_000),
+    )?;
     Ok(AgentConfig {
         system_prompt: raw.system_prompt.filter(|p| !p.trim().is_empty()),
         history_limit: raw.history_limit.unwrap_or(40),
-        turn_timeout_ms: positive(
-            "agent.turn_timeout_ms",
-            raw.turn_timeout_ms.unwrap_or(120_000),
-        )?,
+        turn_timeout_ms,
         max_tool_iterations: positive_u32(
             "agent.max_tool_iterations",
             raw.max_tool_iterations.unwrap_or(8),
@@ -399,6 +405,7 @@ fn validate_agent(raw: RawAgent) -> Result<AgentConfig, ConfigError> {
             raw.max_parallel_tool_calls.unwrap_or(4),
         )?,
         max_tool_result_chars: validate_result_chars(raw.max_tool_result_chars.unwrap_or(20_000))?,
+        code_mode: super::code_mode::validate(raw.code_mode, turn_timeout_ms)?,
     })
 }
 
@@ -453,6 +460,11 @@ pub fn validate_mcp_server(name: &str, raw: RawMcpServer) -> Result<McpServerCon
     Ok(McpServerConfig {
         enabled: raw.enabled.unwrap_or(true),
         timeout_ms: positive(&key("timeout_ms"), raw.timeout_ms.unwrap_or(30_000))?,
+        capabilities: raw.capabilities.map(|mut c| {
+            c.sort();
+            c.dedup();
+            c
+        }),
         transport,
     })
 }

@@ -512,3 +512,157 @@ fn mcp_url_query_values_print_masked() {
     assert!(!printed.contains("pw-secret"), "{printed}");
     assert!(printed.contains("api_key=********"), "{printed}");
 }
+
+fn with_code_mode(table: &str) -> String {
+    format!("{MINIMAL}\n[agent.code_mode]\n{table}\n")
+}
+
+#[test]
+fn code_mode_defaults_match_the_design() {
+    let config = parse_with(MINIMAL, &[]).unwrap();
+    let code = &config.agent.code_mode;
+    assert!(!code.enabled && !code.shadow_mode);
+    assert_eq!((code.max_calls, code.max_parallel), (6, 2));
+    assert_eq!(
+        (code.max_runtime_ms, code.max_call_timeout_ms),
+        (2_500, 1_200)
+    );
+    assert_eq!(code.max_result_chars, 12_000);
+    assert_eq!(code.timeout_warn_ratio, 0.4);
+    assert!(code.timeout_auto_shadow_enabled);
+    assert_eq!(
+        (
+            code.timeout_auto_shadow_streak,
+            code.timeout_auto_shadow_probe_every
+        ),
+        (3, 5)
+    );
+    assert_eq!(code.max_repair_attempts, 1);
+    assert!(!code.allow_network && !code.allow_filesystem && !code.allow_env);
+}
+
+#[test]
+fn code_mode_zero_and_contradictory_values_name_the_key() {
+    let cases = [
+        (
+            "max_calls = 0",
+            "agent.code_mode.max_calls",
+            "below the minimum",
+        ),
+        (
+            "max_parallel = 0",
+            "agent.code_mode.max_parallel",
+            "below the minimum",
+        ),
+        (
+            "max_calls = 2\nmax_parallel = 3",
+            "agent.code_mode.max_parallel",
+            "above max_calls",
+        ),
+        (
+            "max_runtime_ms = 0",
+            "agent.code_mode.max_runtime_ms",
+            "below the minimum",
+        ),
+        (
+            "max_runtime_ms = 500\nmax_call_timeout_ms = 900",
+            "agent.code_mode.max_call_timeout_ms",
+            "cannot outlast",
+        ),
+        (
+            "max_result_chars = 10",
+            "agent.code_mode.max_result_chars",
+            "minimum of 200",
+        ),
+        (
+            "memory_limit_mb = 0",
+            "agent.code_mode.memory_limit_mb",
+            "below the minimum",
+        ),
+        (
+            "memory_limit_mb = 5000",
+            "agent.code_mode.memory_limit_mb",
+            "maximum",
+        ),
+        (
+            "timeout_auto_shadow_streak = 0",
+            "agent.code_mode.timeout_auto_shadow_streak",
+            "minimum",
+        ),
+        (
+            "timeout_auto_shadow_probe_every = 0",
+            "agent.code_mode.timeout_auto_shadow_probe_every",
+            "minimum",
+        ),
+        (
+            "timeout_warn_ratio = nan",
+            "agent.code_mode.timeout_warn_ratio",
+            "NaN",
+        ),
+        (
+            "max_repair_attempts = 9",
+            "agent.code_mode.max_repair_attempts",
+            "maximum of 5",
+        ),
+        (
+            "execution_mode = \"thread\"",
+            "agent.code_mode.execution_mode",
+            "in_process",
+        ),
+        (
+            "allow_network = \"yes\"",
+            "agent.code_mode.allow_network",
+            "bool",
+        ),
+        ("max_call = 3", "agent.code_mode.max_call", "unknown field"),
+    ];
+    for (table, key, needle) in cases {
+        let message = error_text(&with_code_mode(table), &[]);
+        assert!(message.contains(key), "{table}: {message}");
+        assert!(message.contains(needle), "{table}: {message}");
+    }
+}
+
+#[test]
+fn code_mode_run_time_cannot_exceed_the_turn() {
+    let text = format!(
+        "{MINIMAL}\n[agent]\nturn_timeout_ms = 1000\n[agent.code_mode]\nmax_runtime_ms = 2000\nmax_call_timeout_ms = 100\n"
+    );
+    let message = error_text(&text, &[]);
+    assert!(
+        message.contains("agent.code_mode.max_runtime_ms"),
+        "{message}"
+    );
+    assert!(message.contains("turn_timeout_ms (1000)"), "{message}");
+}
+
+#[test]
+fn code_mode_warn_ratio_outside_range_is_clamped() {
+    for (written, effective) in [("-0.5", 0.0), ("1.5", 1.0), ("inf", 1.0), ("0.25", 0.25)] {
+        let config = parse_with(
+            &with_code_mode(&format!("timeout_warn_ratio = {written}")),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            config.agent.code_mode.timeout_warn_ratio, effective,
+            "{written}"
+        );
+    }
+}
+
+#[test]
+fn mcp_server_capabilities_parse_sorted_and_unknown_ones_are_rejected() {
+    let text = format!(
+        "{MINIMAL}\n[mcp.servers.files]\ncommand = \"x\"\ncapabilities = [\"filesystem\", \"network\", \"filesystem\"]\n"
+    );
+    let config = parse_with(&text, &[]).unwrap();
+    let capabilities = config.mcp.servers["files"].capabilities.clone().unwrap();
+    assert_eq!(format!("{capabilities:?}"), "[Network, Filesystem]");
+    let bad = text.replace("\"network\"", "\"gpu\"");
+    let message = error_text(&bad, &[]);
+    assert!(
+        message.contains("mcp.servers.files.capabilities"),
+        "{message}"
+    );
+}

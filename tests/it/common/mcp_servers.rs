@@ -33,6 +33,7 @@ pub fn stdio(
     McpServerConfig {
         enabled: true,
         timeout_ms,
+        capabilities: None,
         transport: McpServerTransport::Stdio {
             command: command.to_owned(),
             args: args.iter().map(|a| a.to_string()).collect(),
@@ -67,6 +68,7 @@ pub fn http(url: &str) -> McpServerConfig {
     McpServerConfig {
         enabled: true,
         timeout_ms: 20_000,
+        capabilities: None,
         transport: McpServerTransport::Http {
             url: url.to_owned(),
             headers: BTreeMap::new(),
