@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod code_mode;
 pub mod config;
 pub mod http;
 pub mod mcp;

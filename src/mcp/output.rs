@@ -10,17 +10,22 @@ pub struct ToolOutput {
     pub is_error: bool,
     /// `structuredContent` as JSON text when present, else the text content blocks joined.
     pub text: String,
+    /// `structuredContent` when present, so code mode can hand programs a value, not text.
+    #[serde(skip)]
+    pub structured: Option<serde_json::Value>,
 }
 
 impl From<CallToolResult> for ToolOutput {
     fn from(result: CallToolResult) -> Self {
-        let text = match result.structured_content {
-            Some(value) if !value.is_null() => value.to_string(),
-            _ => content_text(&result.content),
+        let structured = result.structured_content.filter(|value| !value.is_null());
+        let text = match &structured {
+            Some(value) => value.to_string(),
+            None => content_text(&result.content),
         };
         Self {
             is_error: result.is_error.unwrap_or(false),
             text,
+            structured,
         }
     }
 }

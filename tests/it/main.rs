@@ -3,6 +3,7 @@
 mod common;
 
 mod config;
+mod declarations;
 mod gateway_binary;
 mod http_api;
 mod mcp;
@@ -10,6 +11,7 @@ mod mcp_admin;
 mod mcp_cli;
 mod provider;
 mod real_model;
+mod sandbox;
 mod sse;
 mod store;
 mod tool_loop;

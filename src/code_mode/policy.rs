@@ -1,0 +1,43 @@
+//! The capability policy: which tools code mode may expose, and which a shadow run may call.
+//!
+//! A tool's capabilities come from its MCP annotations (`openWorldHint`, true when absent as the
+//! MCP specification says, means network access) unless the server's `capabilities` setting
+//! replaces them. A tool that needs a capability the operator did not allow is left out of the
+//! declarations entirely, so a program cannot even name it.
+
+use std::collections::BTreeSet;
+
+use crate::config::{Capability, CodeModeConfig, McpConfig};
+use crate::mcp::ToolInfo;
+
+/// The capabilities `tool` needs.
+pub fn capabilities(tool: &ToolInfo, mcp: &McpConfig) -> BTreeSet<Capability> {
+    let configured = mcp
+        .servers
+        .get(&tool.server)
+        .and_then(|server| server.capabilities.as_ref());
+    if let Some(list) = configured {
+        return list.iter().copied().collect();
+    }
+    let mut needed = BTreeSet::new();
+    if tool.annotations.open_world.unwrap_or(true) {
+        needed.insert(Capability::Network);
+    }
+    needed
+}
+
+/// Whether the settings grant every capability `tool` needs.
+pub fn allowed(tool: &ToolInfo, mcp: &McpConfig, settings: &CodeModeConfig) -> bool {
+    capabilities(tool, mcp)
+        .iter()
+        .all(|capability| match capability {
+            Capability::Network => settings.allow_network,
+            Capability::Filesystem => settings.allow_filesystem,
+            Capability::Env => settings.allow_env,
+        })
+}
+
+/// Whether calling `tool` twice is harmless: the classic loop repeats the calls of a shadow run.
+pub fn repeat_safe(tool: &ToolInfo) -> bool {
+    tool.annotations.read_only == Some(true) || tool.annotations.idempotent == Some(true)
+}
