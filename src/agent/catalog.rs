@@ -48,6 +48,19 @@ impl ToolCatalog {
             .map(|&index| &self.entries[index].1)
     }
 
+    /// The function name under which `server`'s `tool` is offered.
+    pub fn function_name_of(&self, server: &str, tool: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|(_, info)| info.server == server && info.name == tool)
+            .map(|(name, _)| name.as_str())
+    }
+
+    /// Every tool in the catalog, ordered by server and name.
+    pub fn tools(&self) -> Vec<ToolInfo> {
+        self.entries.iter().map(|(_, tool)| tool.clone()).collect()
+    }
+
     /// The function names on offer, for telling the model what exists.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.entries.iter().map(|(name, _)| name.as_str())

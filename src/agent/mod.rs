@@ -5,6 +5,7 @@
 //! no transaction is open while the model is working.
 
 mod catalog;
+mod code_turn;
 mod locks;
 mod tool_loop;
 
@@ -18,15 +19,19 @@ use tokio::time::Instant;
 
 pub use catalog::{ToolCatalog, function_name};
 pub use locks::SessionLocks;
-pub use tool_loop::{ToolCallRecord, ToolCallStatus};
+pub use tool_loop::{ToolCallOrigin, ToolCallRecord, ToolCallStatus};
 
 use tool_loop::{LoopLimits, assistant_with_calls, execute_calls, tool_message};
 
+use crate::code_mode::CodeMode;
+use crate::code_mode::audit::{AuditRecord, RunRole};
+use crate::code_mode::circuit::Admission;
 use crate::config::AgentConfig;
 use crate::mcp::McpHub;
 use crate::provider::wire::{ChatMessage, Role, ToolSpec, Usage};
 use crate::provider::{Completion, ProviderClient, ProviderError};
 use crate::store::{HistoryStore, NewMessage, NewTurn, StoreError, StoredMessage};
+use code_turn::{CodeOutcome, CodeTurn, handover_messages};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -70,8 +75,22 @@ pub struct TurnActivity {
     pub provider_requests: u32,
     /// Whether `max_tool_iterations` ran out, so a last request without tools asked for the answer.
     pub tool_iterations_exhausted: bool,
+    /// What code mode did, when it was offered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code_mode: Option<CodeModeActivity>,
     pub history_messages: usize,
     pub duration_ms: u64,
+}
+
+/// Code mode's part in a turn.
+#[derive(Debug, Clone, Serialize)]
+pub struct CodeModeActivity {
+    /// `used` (the program's result served the reply), `fallback` (the classic loop served),
+    /// `direct_answer` (the model needed no program) or `skipped` (the timeout circuit is open).
+    pub outcome: &'static str,
+    /// The attempt's audit record, when the model wrote a program.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<AuditRecord>,
 }
 
 /// Runs turns against the configured providers and store.
@@ -81,6 +100,7 @@ pub struct Agent {
     providers: HashMap<String, ProviderClient>,
     default_provider: String,
     config: AgentConfig,
+    code_mode: Arc<CodeMode>,
     locks: SessionLocks,
 }
 
@@ -91,6 +111,7 @@ impl Agent {
         providers: HashMap<String, ProviderClient>,
         default_provider: String,
         config: AgentConfig,
+        code_mode: Arc<CodeMode>,
     ) -> Self {
         assert!(
             providers.contains_key(&default_provider),
@@ -102,6 +123,7 @@ impl Agent {
             providers,
             default_provider,
             config,
+            code_mode,
             locks: SessionLocks::default(),
         }
     }
@@ -126,10 +148,13 @@ impl Agent {
             .await?;
         let messages = self.prompt(&history, &request.text);
         let provider = &self.providers[&self.default_provider];
-        let reply = self.respond(provider, messages, deadline, text_tx).await?;
+        let turn_id = uuid::Uuid::now_v7().to_string();
+        let reply = self
+            .respond(provider, messages, deadline, text_tx, &turn_id)
+            .await?;
+        let mode = reply.mode();
         let completion = reply.completion;
 
-        let turn_id = uuid::Uuid::now_v7().to_string();
         let model = completion
             .model
             .clone()
@@ -159,6 +184,10 @@ impl Agent {
                 },
             ],
             tool_calls: reply.tool_calls.clone(),
+            code_mode: reply
+                .code_attempt
+                .as_ref()
+                .and_then(|record| serde_json::to_value(record).ok()),
         };
         self.store.save_turn(&turn).await?;
 
@@ -171,13 +200,13 @@ impl Agent {
             finish_reason: completion.finish_reason,
             usage: reply.usage,
             activity: TurnActivity {
-                mode: if reply.tool_calls.is_empty() {
-                    "direct"
-                } else {
-                    "tool_loop"
-                },
+                mode,
                 provider_requests: reply.requests,
                 tool_iterations_exhausted: reply.exhausted,
+                code_mode: reply.code_activity.map(|outcome| CodeModeActivity {
+                    outcome,
+                    attempt: reply.code_attempt,
+                }),
                 history_messages: history.len(),
                 duration_ms: started.elapsed().as_millis() as u64,
             },
@@ -185,13 +214,15 @@ impl Agent {
         })
     }
 
-    /// Produces the reply: one request when no tools are configured, else the tool loop.
+    /// Produces the reply: one request when no tools are configured, else code mode when it is
+    /// offered, else (or after a fallback) the tool loop.
     async fn respond(
         &self,
         provider: &ProviderClient,
         mut messages: Vec<ChatMessage>,
         deadline: Instant,
         text_tx: Option<&mpsc::UnboundedSender<String>>,
+        turn_id: &str,
     ) -> Result<Reply, AgentError> {
         let catalog = ToolCatalog::new(self.hub.tools());
         let mut reply = Reply::default();
@@ -199,6 +230,70 @@ impl Agent {
             reply.record(ask(provider, messages, Vec::new(), deadline, text_tx).await?);
             return Ok(reply);
         }
+        if let Some(selection) = self.code_mode.select(&catalog.tools()) {
+            let (ticket, role) = match self.code_mode.admit() {
+                Admission::Skip => {
+                    reply.code_activity = Some("skipped");
+                    return self
+                        .tool_loop(provider, messages, &catalog, deadline, text_tx, reply)
+                        .await;
+                }
+                Admission::Probe(ticket) => (ticket, RunRole::Probe),
+                Admission::Run(ticket) if self.code_mode.settings().shadow_mode => {
+                    (ticket, RunRole::Shadow)
+                }
+                Admission::Run(ticket) => (ticket, RunRole::Serve),
+            };
+            let turn = CodeTurn {
+                code_mode: &self.code_mode,
+                catalog: &catalog,
+                provider,
+                selection: &selection,
+                role,
+                deadline,
+                turn_id,
+            };
+            match turn
+                .run(messages.clone(), ticket, &mut reply, text_tx)
+                .await
+            {
+                CodeOutcome::Served => {
+                    reply.code_activity = Some("used");
+                    return Ok(reply);
+                }
+                CodeOutcome::Direct(completion) if role == RunRole::Serve => {
+                    if let Some(tx) = text_tx {
+                        let _ = tx.send(completion.content);
+                    }
+                    reply.code_activity = Some("direct_answer");
+                    return Ok(reply);
+                }
+                CodeOutcome::Direct(_) => reply.code_activity = Some("direct_answer"),
+                CodeOutcome::Fallback { handover, .. } => {
+                    reply.code_activity = Some(if reply.code_attempt.is_some() {
+                        "fallback"
+                    } else {
+                        "skipped"
+                    });
+                    messages.extend(handover_messages(&catalog, &handover));
+                }
+            }
+        }
+        self.tool_loop(provider, messages, &catalog, deadline, text_tx, reply)
+            .await
+    }
+
+    /// The classic tool loop: native function calling for up to `max_tool_iterations` requests.
+    async fn tool_loop(
+        &self,
+        provider: &ProviderClient,
+        mut messages: Vec<ChatMessage>,
+        catalog: &ToolCatalog,
+        deadline: Instant,
+        text_tx: Option<&mpsc::UnboundedSender<String>>,
+        mut reply: Reply,
+    ) -> Result<Reply, AgentError> {
+        reply.tool_loop_ran = true;
         let limits = LoopLimits {
             max_iterations: self.config.max_tool_iterations,
             max_parallel: self.config.max_parallel_tool_calls as usize,
@@ -222,7 +317,7 @@ impl Agent {
             reply.record(completion);
             let results = execute_calls(
                 &self.hub,
-                &catalog,
+                catalog,
                 &calls,
                 finish_reason.as_deref(),
                 limits,
@@ -263,6 +358,11 @@ impl Agent {
         &self.hub
     }
 
+    /// Code mode's settings, circuit, counters and audit records.
+    pub fn code_mode(&self) -> &Arc<CodeMode> {
+        &self.code_mode
+    }
+
     /// Sessions with a turn running or waiting.
     pub fn active_sessions(&self) -> usize {
         self.locks.active()
@@ -271,7 +371,7 @@ impl Agent {
 
 /// The final completion of a turn and what it took to get there.
 #[derive(Default)]
-struct Reply {
+pub(crate) struct Reply {
     completion: Completion,
     requests: u32,
     /// Summed usage; `None` once any request reported none.
@@ -279,9 +379,29 @@ struct Reply {
     usage_known: bool,
     tool_calls: Vec<ToolCallRecord>,
     exhausted: bool,
+    tool_loop_ran: bool,
+    code_activity: Option<&'static str>,
+    code_attempt: Option<AuditRecord>,
 }
 
 impl Reply {
+    /// `code_mode` when a program's result served the reply, `tool_loop` when the classic loop
+    /// called tools, else `direct`.
+    fn mode(&self) -> &'static str {
+        if self.code_activity == Some("used") {
+            "code_mode"
+        } else if self.tool_loop_ran
+            && self
+                .tool_calls
+                .iter()
+                .any(|c| c.origin == ToolCallOrigin::ToolLoop)
+        {
+            "tool_loop"
+        } else {
+            "direct"
+        }
+    }
+
     fn record(&mut self, completion: Completion) {
         let first = self.requests == 0;
         self.requests += 1;

@@ -44,6 +44,17 @@ pub struct ToolCallRecord {
     pub duration_ms: u64,
     /// Whether the result given to the model was cut to `max_tool_result_chars`.
     pub truncated: bool,
+    pub origin: ToolCallOrigin,
+}
+
+/// What made a tool call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolCallOrigin {
+    /// The model, through native function calling.
+    ToolLoop,
+    /// A code-mode program.
+    CodeMode,
 }
 
 impl ToolCallRecord {
@@ -109,6 +120,7 @@ async fn execute_call(
         error: None,
         duration_ms: 0,
         truncated: false,
+        origin: ToolCallOrigin::ToolLoop,
     };
     let prepared = prepare(catalog, call, finish_reason);
     let (tool, arguments) = match prepared {

@@ -8,6 +8,8 @@ use tokio_util::task::TaskTracker;
 
 use super::{CliError, ServeArgs};
 use crate::agent::Agent;
+use crate::code_mode::CodeMode;
+use crate::code_mode::subprocess::EngineCommand;
 use crate::config::{Config, mask_url_password};
 use crate::http::{self, AppState};
 use crate::mcp::McpHub;
@@ -60,6 +62,14 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
 
 /// Opens the store and builds the providers and agent that `serve` runs.
 pub async fn build_state(config: &Config) -> Result<AppState, CliError> {
+    build_state_with_engine(config, EngineCommand::current_exe()).await
+}
+
+/// Like [`build_state`], with the program code mode starts in subprocess mode.
+pub async fn build_state_with_engine(
+    config: &Config,
+    engine: EngineCommand,
+) -> Result<AppState, CliError> {
     let store = store::open(&config.store).await?;
     let providers = config
         .providers
@@ -74,12 +84,19 @@ pub async fn build_state(config: &Config) -> Result<AppState, CliError> {
         })
         .collect::<Result<HashMap<_, _>, _>>()?;
     let hub = Arc::new(McpHub::start(&config.mcp));
+    let mut code_mode = CodeMode::new(
+        config.agent.code_mode.clone(),
+        config.mcp.clone(),
+        hub.clone(),
+    );
+    code_mode.set_engine_command(engine);
     let agent = Agent::new(
         store.clone(),
         hub.clone(),
         providers,
         config.app.default_provider.clone(),
         config.agent.clone(),
+        Arc::new(code_mode),
     );
     Ok(AppState {
         agent: Arc::new(agent),

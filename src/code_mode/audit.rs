@@ -193,7 +193,12 @@ impl CodeModeStats {
             fallback_total: read(&self.fallback),
             fallback_by_reason: FallbackReason::ALL
                 .iter()
-                .map(|reason| (reason.as_str(), read(&self.fallback_by_reason[reason.index()])))
+                .map(|reason| {
+                    (
+                        reason.as_str(),
+                        read(&self.fallback_by_reason[reason.index()]),
+                    )
+                })
                 .collect(),
             direct_answers_total: read(&self.direct_answers),
             runs_total: read(&self.runs),

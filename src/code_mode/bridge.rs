@@ -74,6 +74,12 @@ pub struct CallReport {
     /// The call had not returned when the run ended.
     #[serde(skip)]
     pub pending: bool,
+    /// The result as text, for handing a completed call to the classic loop after a fallback.
+    #[serde(skip)]
+    pub output: Option<String>,
+    /// The tool ran and reported `isError: true`.
+    #[serde(skip)]
+    pub tool_error: bool,
 }
 
 /// A budget the program ran past; the run fails with it even if the program caught the error.
@@ -181,6 +187,8 @@ impl Bridge {
             elapsed_ms: 0,
             truncated: false,
             pending: false,
+            output: None,
+            tool_error: false,
         };
         let rejection = self.rejection(&state, tool, &report.arguments);
         if let Some(message) = rejection {
@@ -236,10 +244,13 @@ impl Bridge {
                 Err(format!("{name} timed out after {} ms", timeout.as_millis()))
             }
             Ok(Err(err)) => Err(format!("{name} failed: {err}")),
-            Ok(Ok(output)) if output.is_error => Err(format!(
-                "{name} reported an error: {}",
-                truncate_chars(&output.text, 1_000).text
-            )),
+            Ok(Ok(output)) if output.is_error => {
+                state.calls[slot].tool_error = true;
+                Err(format!(
+                    "{name} reported an error: {}",
+                    truncate_chars(&output.text, 1_000).text
+                ))
+            }
             Ok(Ok(output)) => Ok(Self::take_result(&mut state, slot, output)),
         };
         let report = &mut state.calls[slot];
@@ -256,11 +267,13 @@ impl Bridge {
         let chars = output.text.chars().count();
         if chars <= state.result_chars_left {
             state.result_chars_left -= chars;
+            state.calls[slot].output = Some(output.text.clone());
             return output.structured.unwrap_or(Value::String(output.text));
         }
         let cut = truncate_chars(&output.text, state.result_chars_left);
         state.result_chars_left = 0;
         state.calls[slot].truncated = true;
+        state.calls[slot].output = Some(cut.text.clone());
         Value::String(cut.text)
     }
 

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 pub use sqlite::SqliteStore;
 
-use crate::agent::{ToolCallRecord, ToolCallStatus};
+use crate::agent::{ToolCallOrigin, ToolCallRecord, ToolCallStatus};
 use crate::config::StoreConfig;
 use crate::provider::wire::{Role, Usage};
 
@@ -49,6 +49,8 @@ pub struct NewTurn {
     pub turn_id: String,
     pub messages: Vec<NewMessage>,
     pub tool_calls: Vec<ToolCallRecord>,
+    /// The audit record of the turn's code-mode attempt, as JSON.
+    pub code_mode: Option<serde_json::Value>,
 }
 
 /// A message read back from the store.
@@ -68,6 +70,9 @@ pub struct StoredMessage {
     /// On an assistant message: the tool calls of its turn, in request order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCallRecord>,
+    /// On an assistant message: the audit record of its turn's code-mode attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code_mode: Option<serde_json::Value>,
 }
 
 /// Durable conversation history.
@@ -140,4 +145,21 @@ pub(crate) fn usage_from_columns(
         completion_tokens: completion.max(0) as u64,
         total_tokens: total.max(0) as u64,
     })
+}
+
+pub(crate) fn origin_from_str(origin: &str) -> Result<ToolCallOrigin, StoreError> {
+    match origin {
+        "tool_loop" => Ok(ToolCallOrigin::ToolLoop),
+        "code_mode" => Ok(ToolCallOrigin::CodeMode),
+        other => Err(StoreError::Corrupt(format!(
+            "unknown tool call origin `{other}`"
+        ))),
+    }
+}
+
+pub(crate) fn origin_to_str(origin: ToolCallOrigin) -> &'static str {
+    match origin {
+        ToolCallOrigin::ToolLoop => "tool_loop",
+        ToolCallOrigin::CodeMode => "code_mode",
+    }
 }

@@ -10,8 +10,8 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{
-    HistoryStore, NewTurn, StoreError, StoredMessage, role_from_str, status_from_str,
-    status_to_str, usage_from_columns,
+    HistoryStore, NewTurn, StoreError, StoredMessage, origin_from_str, origin_to_str,
+    role_from_str, status_from_str, status_to_str, usage_from_columns,
 };
 use crate::agent::ToolCallRecord;
 use crate::config::StoreConfig;
@@ -95,6 +95,7 @@ fn message_from_row(row: &SqliteRow) -> Result<StoredMessage, StoreError> {
             row.try_get("total_tokens")?,
         ),
         tool_calls: Vec::new(),
+        code_mode: None,
     })
 }
 
@@ -110,6 +111,7 @@ fn tool_call_from_row(row: &SqliteRow) -> Result<(String, ToolCallRecord), Store
         error: row.try_get("error")?,
         duration_ms: row.try_get::<i64, _>("duration_ms")?.max(0) as u64,
         truncated: row.try_get::<i64, _>("truncated")? != 0,
+        origin: origin_from_str(row.try_get("origin")?)?,
     };
     Ok((row.try_get("turn_id")?, record))
 }
@@ -123,6 +125,26 @@ fn attach_tool_calls(messages: &mut [StoredMessage], calls: Vec<(String, ToolCal
             .find(|m| m.turn_id == turn_id && m.role == crate::provider::wire::Role::Assistant);
         if let Some(message) = assistant {
             message.tool_calls.push(call);
+        }
+    }
+}
+
+fn attempt_from_row(row: &SqliteRow) -> Result<(String, serde_json::Value), StoreError> {
+    let record: String = row.try_get("record")?;
+    let record = serde_json::from_str(&record)
+        .map_err(|err| StoreError::Corrupt(format!("code mode record: {err}")))?;
+    Ok((row.try_get("turn_id")?, record))
+}
+
+/// Attaches each turn's code-mode record to that turn's assistant message.
+fn attach_attempts(messages: &mut [StoredMessage], attempts: Vec<(String, serde_json::Value)>) {
+    for (turn_id, record) in attempts {
+        let assistant = messages
+            .iter_mut()
+            .rev()
+            .find(|m| m.turn_id == turn_id && m.role == crate::provider::wire::Role::Assistant);
+        if let Some(message) = assistant {
+            message.code_mode = Some(record);
         }
     }
 }
@@ -170,8 +192,14 @@ impl HistoryStore for SqliteStore {
             .fetch_all(&mut *tx)
             .await?;
         let call_rows = sqlx::query(
-            "SELECT turn_id, name, server, tool, arguments, status, error, duration_ms, truncated \
-             FROM tool_calls WHERE session_id = ? ORDER BY turn_id, seq",
+            "SELECT turn_id, name, server, tool, arguments, status, error, duration_ms, truncated, \
+             origin FROM tool_calls WHERE session_id = ? ORDER BY turn_id, seq",
+        )
+        .bind(session_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let attempt_rows = sqlx::query(
+            "SELECT turn_id, record FROM code_mode_attempts WHERE session_id = ? ORDER BY id",
         )
         .bind(session_id)
         .fetch_all(&mut *tx)
@@ -186,6 +214,11 @@ impl HistoryStore for SqliteStore {
             .map(tool_call_from_row)
             .collect::<Result<Vec<_>, _>>()?;
         attach_tool_calls(&mut messages, calls);
+        let attempts = attempt_rows
+            .iter()
+            .map(attempt_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        attach_attempts(&mut messages, attempts);
         Ok(Some(messages))
     }
 
@@ -228,7 +261,8 @@ impl HistoryStore for SqliteStore {
         for (seq, call) in turn.tool_calls.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO tool_calls (session_id, turn_id, seq, name, server, tool, arguments, \
-                 status, error, duration_ms, truncated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 status, error, duration_ms, truncated, origin) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&turn.session_id)
             .bind(&turn.turn_id)
@@ -241,6 +275,17 @@ impl HistoryStore for SqliteStore {
             .bind(&call.error)
             .bind(saturating_i64(call.duration_ms))
             .bind(i64::from(call.truncated))
+            .bind(origin_to_str(call.origin))
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(record) = &turn.code_mode {
+            sqlx::query(
+                "INSERT INTO code_mode_attempts (session_id, turn_id, record) VALUES (?, ?, ?)",
+            )
+            .bind(&turn.session_id)
+            .bind(&turn.turn_id)
+            .bind(record.to_string())
             .execute(&mut *tx)
             .await?;
         }

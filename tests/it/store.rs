@@ -35,6 +35,7 @@ fn turn(session: &str, turn_id: &str, user: &str, reply: &str, usage: Option<Usa
             message(Role::Assistant, reply, usage),
         ],
         tool_calls: Vec::new(),
+        code_mode: None,
     }
 }
 
