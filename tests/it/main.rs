@@ -2,6 +2,7 @@
 
 mod common;
 
+mod code_mode;
 mod config;
 mod declarations;
 mod gateway_binary;

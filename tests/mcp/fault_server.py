@@ -29,7 +29,7 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
-@server.tool(structured_output=False)
+@server.tool(annotations=ToolAnnotations(readOnlyHint=True), structured_output=False)
 async def sleep(seconds: float) -> str:
     """Sleep for the given number of seconds, then answer."""
     await asyncio.sleep(seconds)

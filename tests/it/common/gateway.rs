@@ -73,7 +73,12 @@ impl TestGateway {
         let db = dir.path().join("history.db");
         let text = config_text(provider_url, db.to_str().unwrap(), &options);
         let config = Config::parse(&text, "test.toml", &|_| None).expect("test config is valid");
-        let state = xiaomaolv::cli::serve::build_state(&config).await.unwrap();
+        let engine = xiaomaolv::code_mode::subprocess::EngineCommand {
+            program: env!("CARGO_BIN_EXE_xiaomaolv").into(),
+        };
+        let state = xiaomaolv::cli::serve::build_state_with_engine(&config, engine)
+            .await
+            .unwrap();
         state.agent.hub().settled(Duration::from_secs(60)).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
