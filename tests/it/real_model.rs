@@ -147,3 +147,88 @@ temperature = 0.0
     assert_eq!(messages[1]["content"], text);
     assert_eq!(messages[3]["content"].as_str().unwrap(), deltas);
 }
+
+/// Code mode with a model far too small to write programs reliably: whatever it sends, the user
+/// gets a reply, and the outcome (a direct answer, a served program, or a fallback with its
+/// reason) is recorded in the reply and in the history. Both program deliveries are tried.
+#[tokio::test]
+async fn real_model_in_code_mode_always_gets_a_reply_with_a_recorded_outcome() {
+    let model = ModelServer::start().await;
+    for delivery in ["tool", "fenced"] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            r#"[app]
+bind = "127.0.0.1:0"
+default_provider = "local"
+
+[store]
+url = "sqlite://history.db"
+
+[providers.local]
+kind = "openai-compatible"
+base_url = "{base_url}"
+model = "smollm2"
+max_tokens = 96
+temperature = 0.0
+
+[agent]
+max_tool_iterations = 2
+
+[agent.code_mode]
+enabled = true
+program_delivery = "{delivery}"
+
+[mcp.servers.everything]
+command = "node"
+args = ["{everything}", "stdio"]
+capabilities = []
+"#,
+            base_url = model.base_url,
+            everything = crate::common::mcp_servers::everything_script(),
+        );
+        let path = dir.path().join("xiaomaolv.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut gateway =
+            GatewayProcess::start(dir.path(), &["--config", path.to_str().unwrap()], &[]);
+        gateway.wait_for_log("MCP server ready", Duration::from_secs(60));
+        let client = reqwest::Client::new();
+        let session = format!("code-{delivery}");
+        let body = json!({
+            "session_id": session,
+            "user_id": "tester",
+            "text": "Use the get_sum tool to add 2 and 40, then tell me the result."
+        });
+        let response = client
+            .post(gateway.url("/v1/messages"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{delivery}");
+        let reply: Value = response.json().await.unwrap();
+        assert!(reply["reply"].is_string(), "{reply}");
+        let code_mode = &reply["activity"]["code_mode"];
+        let outcome = code_mode["outcome"].as_str().unwrap();
+        assert!(
+            ["used", "fallback", "direct_answer"].contains(&outcome),
+            "{delivery}: {reply}"
+        );
+        let history: Value = client
+            .get(gateway.url(&format!("/v1/sessions/{session}/messages")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let assistant = &history["messages"][1];
+        if outcome == "direct_answer" {
+            assert!(code_mode["attempt"].is_null(), "{reply}");
+        } else {
+            let reason = &code_mode["attempt"]["reason"];
+            assert_eq!(outcome == "fallback", reason.is_string(), "{reply}");
+            assert_eq!(assistant["code_mode"], code_mode["attempt"], "{history}");
+        }
+        eprintln!("{delivery}: outcome {outcome}, reply {:?}", reply["reply"]);
+    }
+}
