@@ -2,6 +2,7 @@
 
 mod common;
 
+mod bridge;
 mod code_mode;
 mod config;
 mod declarations;
