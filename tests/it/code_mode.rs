@@ -434,3 +434,48 @@ async fn slow_tools_open_the_circuit_and_a_fast_probe_closes_it() {
         counters.used_total + counters.fallback_total
     );
 }
+
+/// Two turns whose programs spin forever occupy the engine threads, not the async workers:
+/// `/health` answers while both are still running.
+#[tokio::test]
+async fn health_answers_while_two_programs_spin() {
+    let fake = FakeOpenAi::start().await;
+    for _ in 0..2 {
+        fake.push(program("while (true) {}"));
+    }
+    for _ in 0..2 {
+        fake.push(Reply::text("after the fallback"));
+    }
+    let gateway = gateway(&fake, "max_runtime_ms = 3000\nmax_repair_attempts = 0").await;
+    let url = gateway.url("/v1/messages");
+    let turns: Vec<_> = ["spin1", "spin2"]
+        .into_iter()
+        .map(|session| {
+            let request = gateway.client.post(&url).json(&message(session, "spin"));
+            tokio::spawn(async move { request.send().await.unwrap().json::<Value>().await })
+        })
+        .collect();
+    while fake.request_count() < 2 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let health = gateway
+        .client
+        .get(gateway.url("/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(
+        turns.iter().all(|turn| !turn.is_finished()),
+        "health answered while both programs were still spinning"
+    );
+    for turn in turns {
+        let body = turn.await.unwrap().unwrap();
+        assert_eq!(body["reply"], "after the fallback");
+        assert_eq!(
+            body["activity"]["code_mode"]["attempt"]["reason"],
+            "timeout"
+        );
+    }
+}
