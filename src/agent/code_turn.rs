@@ -84,10 +84,19 @@ impl CodeTurn<'_> {
         }
         let Some(first) = self.ask(&messages, reply).await else {
             drop(ticket);
-            return self.fallback_without_attempt();
+            return self.fallback_without_attempt(FallbackReason::ProviderError);
         };
         let Some(planned) = plan(&first) else {
             ticket.finish(RunResult::NoProgram);
+            if !first.tool_calls.is_empty() {
+                // The model called a tool natively instead of writing a program: the classic
+                // loop offers those tools, so it serves the turn. No program, so no attempt.
+                tracing::info!(
+                    tool = %first.tool_calls[0].function.name,
+                    "Model called a tool instead of run_program; the tool loop takes over"
+                );
+                return self.fallback_without_attempt(FallbackReason::NoRepair);
+            }
             self.code_mode.record_direct_answer();
             return CodeOutcome::Direct(first);
         };
@@ -123,10 +132,10 @@ impl CodeTurn<'_> {
         outcome
     }
 
-    /// A provider failure before any program: not an attempt, the classic loop takes over.
-    fn fallback_without_attempt(&self) -> CodeOutcome {
+    /// The classic loop takes over before any program ran, so this is not an attempt.
+    fn fallback_without_attempt(&self, reason: FallbackReason) -> CodeOutcome {
         CodeOutcome::Fallback {
-            reason: FallbackReason::ProviderError,
+            reason,
             handover: Vec::new(),
         }
     }
@@ -143,10 +152,12 @@ impl CodeTurn<'_> {
         let max_repairs = self.code_mode.settings().max_repair_attempts;
         loop {
             let shadow = self.role != RunRole::Serve;
+            let run_started = Instant::now();
             let report = self
                 .code_mode
                 .run(self.selection, &planned.code, shadow, self.deadline)
                 .await;
+            reply.waited += run_started.elapsed();
             attempt.last_code = planned.code.clone();
             let failure = report.failure();
             let rendered = report.render(self.code_mode.settings().max_result_chars);
@@ -187,8 +198,15 @@ impl CodeTurn<'_> {
                 FallbackReason::CircuitOpened
             }
             (Ok(_), RunRole::Serve) => {
-                match super::ask(self.provider, messages, Vec::new(), self.deadline, text_tx).await
-                {
+                let answer = super::ask(
+                    reply,
+                    self.provider,
+                    messages,
+                    Vec::new(),
+                    self.deadline,
+                    text_tx,
+                );
+                match answer.await {
                     Ok(answer) => {
                         reply.record(answer);
                         return CodeOutcome::Served;
@@ -209,7 +227,15 @@ impl CodeTurn<'_> {
             ProgramDelivery::Tool => vec![self.program_tool()],
             ProgramDelivery::Fenced => Vec::new(),
         };
-        match super::ask(self.provider, messages.to_vec(), tools, self.deadline, None).await {
+        let completion = super::ask(
+            reply,
+            self.provider,
+            messages.to_vec(),
+            tools,
+            self.deadline,
+            None,
+        );
+        match completion.await {
             Ok(completion) => {
                 reply.record(completion.clone());
                 Some(completion)

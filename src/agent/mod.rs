@@ -31,6 +31,7 @@ use crate::mcp::McpHub;
 use crate::provider::wire::{ChatMessage, Role, ToolSpec, Usage};
 use crate::provider::{Completion, ProviderClient, ProviderError};
 use crate::store::{HistoryStore, NewMessage, NewTurn, StoreError, StoredMessage};
+use crate::telemetry::Metrics;
 use code_turn::{CodeOutcome, CodeTurn, handover_messages};
 
 #[derive(Debug, thiserror::Error)]
@@ -85,8 +86,9 @@ pub struct TurnActivity {
 /// Code mode's part in a turn.
 #[derive(Debug, Clone, Serialize)]
 pub struct CodeModeActivity {
-    /// `used` (the program's result served the reply), `fallback` (the classic loop served),
-    /// `direct_answer` (the model needed no program) or `skipped` (the timeout circuit is open).
+    /// `used` (the program's result served the reply), `fallback` (the classic loop served,
+    /// also when the model request failed or called a tool before any program), `direct_answer`
+    /// (the model needed no program) or `skipped` (the timeout circuit is open).
     pub outcome: &'static str,
     /// The attempt's audit record, when the model wrote a program.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -102,6 +104,7 @@ pub struct Agent {
     config: AgentConfig,
     code_mode: Arc<CodeMode>,
     locks: SessionLocks,
+    metrics: Metrics,
 }
 
 impl Agent {
@@ -125,7 +128,14 @@ impl Agent {
             config,
             code_mode,
             locks: SessionLocks::default(),
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Records the gateway overhead of each finished turn in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Runs one turn. With `text_tx`, the reply streams there as the model writes it.
@@ -139,6 +149,7 @@ impl Agent {
         let _session = tokio::time::timeout_at(deadline, self.locks.lock(&request.session_id))
             .await
             .map_err(|_| AgentError::SessionBusy(self.config.turn_timeout()))?;
+        let locked = Instant::now();
         // Taken after the lock, so timestamps follow the order in which turns are stored.
         let started_ms = unix_millis();
 
@@ -190,6 +201,8 @@ impl Agent {
                 .and_then(|record| serde_json::to_value(record).ok()),
         };
         self.store.save_turn(&turn).await?;
+        self.metrics
+            .observe_gateway_overhead(locked.elapsed().saturating_sub(reply.waited));
 
         Ok(TurnOutcome {
             session_id: request.session_id,
@@ -227,7 +240,16 @@ impl Agent {
         let catalog = ToolCatalog::new(self.hub.tools());
         let mut reply = Reply::default();
         if catalog.is_empty() {
-            reply.record(ask(provider, messages, Vec::new(), deadline, text_tx).await?);
+            let completion = ask(
+                &mut reply,
+                provider,
+                messages,
+                Vec::new(),
+                deadline,
+                text_tx,
+            );
+            let completion = completion.await?;
+            reply.record(completion);
             return Ok(reply);
         }
         if let Some(selection) = self.code_mode.select(&catalog.tools()) {
@@ -270,11 +292,7 @@ impl Agent {
                 }
                 CodeOutcome::Direct(_) => reply.code_activity = Some("direct_answer"),
                 CodeOutcome::Fallback { handover, .. } => {
-                    reply.code_activity = Some(if reply.code_attempt.is_some() {
-                        "fallback"
-                    } else {
-                        "skipped"
-                    });
+                    reply.code_activity = Some("fallback");
                     messages.extend(handover_messages(&catalog, &handover));
                 }
             }
@@ -301,8 +319,9 @@ impl Agent {
         };
         let specs = catalog.specs();
         for iteration in 0..limits.max_iterations {
+            let (history, tools) = (messages.clone(), specs.clone());
             let mut completion =
-                ask(provider, messages.clone(), specs.clone(), deadline, text_tx).await?;
+                ask(&mut reply, provider, history, tools, deadline, text_tx).await?;
             if completion.tool_calls.is_empty() {
                 reply.record(completion);
                 return Ok(reply);
@@ -315,6 +334,7 @@ impl Agent {
             ));
             let finish_reason = completion.finish_reason.clone();
             reply.record(completion);
+            let calls_started = Instant::now();
             let results = execute_calls(
                 &self.hub,
                 catalog,
@@ -324,13 +344,23 @@ impl Agent {
                 deadline,
             )
             .await;
+            reply.waited += calls_started.elapsed();
             for (call, result) in calls.iter().zip(results) {
                 messages.push(tool_message(&call.id, result.content));
                 reply.tool_calls.push(result.record);
             }
         }
         reply.exhausted = true;
-        reply.record(ask(provider, messages, Vec::new(), deadline, text_tx).await?);
+        let completion = ask(
+            &mut reply,
+            provider,
+            messages,
+            Vec::new(),
+            deadline,
+            text_tx,
+        )
+        .await?;
+        reply.record(completion);
         Ok(reply)
     }
 
@@ -382,6 +412,9 @@ pub(crate) struct Reply {
     tool_loop_ran: bool,
     code_activity: Option<&'static str>,
     code_attempt: Option<AuditRecord>,
+    /// Time spent waiting on model requests, tool calls and program runs, which the gateway
+    /// overhead leaves out.
+    waited: std::time::Duration,
 }
 
 impl Reply {
@@ -419,21 +452,26 @@ impl Reply {
     }
 }
 
+/// Sends one model request and adds the time it took to `reply.waited`.
 async fn ask(
+    reply: &mut Reply,
     provider: &ProviderClient,
     messages: Vec<ChatMessage>,
     tools: Vec<ToolSpec>,
     deadline: Instant,
     text_tx: Option<&mpsc::UnboundedSender<String>>,
 ) -> Result<Completion, ProviderError> {
-    match text_tx {
+    let started = Instant::now();
+    let result = match text_tx {
         Some(tx) => {
             provider
                 .complete_streaming(messages, tools, deadline, tx)
                 .await
         }
         None => provider.complete(messages, tools, deadline).await,
-    }
+    };
+    reply.waited += started.elapsed();
+    result
 }
 
 fn unix_millis() -> i64 {

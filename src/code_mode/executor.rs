@@ -75,6 +75,17 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    fn not_started(failure: ProgramFailure) -> Self {
+        Self {
+            result: Err(failure),
+            calls: Vec::new(),
+            console: String::new(),
+            console_truncated: false,
+            elapsed_ms: 0,
+            exceeded: None,
+        }
+    }
+
     /// Why the run cannot serve the reply, or `None` when it can.
     pub fn failure(&self) -> Option<FallbackReason> {
         if self.exceeded == Some(BridgeBudget::MaxCalls) {
@@ -170,7 +181,13 @@ pub struct Executor {
     invoker: Arc<dyn ToolInvoker>,
     settings: CodeModeConfig,
     engine: EngineCommand,
+    /// Engines running at once. Each may hold `memory_limit_mb` and a thread for its run time, so
+    /// a burst of turns queues here instead of exhausting memory or the blocking thread pool.
+    engines: Arc<tokio::sync::Semaphore>,
 }
+
+/// Engines per CPU that may run at once; most of a run's time is spent waiting on tools.
+const ENGINES_PER_CPU: usize = 8;
 
 /// Characters of console output one run may keep.
 const MAX_CONSOLE_CHARS: usize = 4_000;
@@ -179,10 +196,12 @@ const MAX_STACK_BYTES: usize = 512 * 1024;
 
 impl Executor {
     pub fn new(invoker: Arc<dyn ToolInvoker>, settings: CodeModeConfig) -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
         Self {
             invoker,
             settings,
             engine: EngineCommand::current_exe(),
+            engines: Arc::new(tokio::sync::Semaphore::new(cpus * ENGINES_PER_CPU)),
         }
     }
 
@@ -199,10 +218,14 @@ impl Executor {
         shadow: bool,
         deadline: Instant,
     ) -> RunReport {
-        let runtime = self
-            .settings
-            .max_runtime()
-            .min(deadline.saturating_duration_since(Instant::now()));
+        let run_deadline = deadline.min(Instant::now() + self.settings.max_runtime());
+        let Ok(Ok(_engine)) =
+            tokio::time::timeout_at(run_deadline, self.engines.clone().acquire_owned()).await
+        else {
+            tracing::warn!("Every code-mode engine stayed busy until the run's deadline");
+            return RunReport::not_started(ProgramFailure::Timeout);
+        };
+        let runtime = run_deadline.saturating_duration_since(Instant::now());
         let bridge = Arc::new(Bridge::new(
             self.invoker.clone(),
             selection.bound_tools(),

@@ -479,3 +479,33 @@ async fn health_answers_while_two_programs_spin() {
         );
     }
 }
+
+/// A model that calls a tool natively instead of `run_program` is handed to the classic loop,
+/// which offers that tool; no program ran, so it is not an attempt.
+#[tokio::test]
+async fn a_native_tool_call_instead_of_a_program_goes_to_the_tool_loop() {
+    let fake = FakeOpenAi::start().await;
+    fake.push(Reply::Json(tool_calls(
+        &[("everything__get-sum", r#"{"a": 1, "b": 1}"#)],
+        "tool_calls",
+    )));
+    fake.push(Reply::Json(tool_calls(
+        &[("everything__get-sum", r#"{"a": 1, "b": 1}"#)],
+        "tool_calls",
+    )));
+    fake.push(Reply::text("2"));
+    let gateway = gateway(&fake, "").await;
+
+    let (status, body) = gateway.send(message("s1", "1+1?")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["reply"], "2");
+    assert_eq!(body["activity"]["mode"], "tool_loop");
+    assert_eq!(body["activity"]["code_mode"]["outcome"], "fallback");
+    assert!(body["activity"]["code_mode"]["attempt"].is_null());
+    assert_eq!(body["tool_calls"][0]["origin"], "tool_loop");
+    let counters = gateway.state.agent.code_mode().snapshot().counters;
+    assert_eq!(
+        (counters.attempts_total, counters.direct_answers_total),
+        (0, 0)
+    );
+}
