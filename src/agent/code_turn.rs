@@ -28,14 +28,14 @@ use crate::provider::{Completion, ProviderClient};
 /// The name of the one tool code mode offers.
 pub const PROGRAM_TOOL: &str = "run_program";
 
-/// How code mode ended for this turn.
+/// The end of code mode's part in a turn.
 pub enum CodeOutcome {
     /// The model answered without a program; its reply may serve the turn.
     Direct(Completion),
     /// The program's result served the reply.
     Served,
-    /// The classic loop serves the reply. `handover` holds the calls code mode completed, so the
-    /// loop sees their results instead of repeating them blindly.
+    /// The classic loop serves the reply. `handover` contains the calls code mode completed, so
+    /// the loop sees their results instead of repeating them blindly.
     Fallback {
         reason: FallbackReason,
         handover: Vec<CallReport>,
@@ -132,7 +132,7 @@ impl CodeTurn<'_> {
         outcome
     }
 
-    /// The classic loop takes over before any program ran, so this is not an attempt.
+    /// Hands the turn to the classic loop before any program ran, so this is not an attempt.
     fn fallback_without_attempt(&self, reason: FallbackReason) -> CodeOutcome {
         CodeOutcome::Fallback {
             reason,
@@ -317,7 +317,7 @@ JavaScript, call tools as `await tools.<server>.<tool>({...})`, and `return` onl
 answer needs. There is no network, file system, require, import or timer. A failed tool call \
 rejects with an Error.";
 
-/// Where the code-mode system message goes: after the configured system prompt, if any.
+/// Returns where the code-mode system message goes: after the configured system prompt, if any.
 fn system_position(messages: &[ChatMessage]) -> usize {
     messages
         .iter()
@@ -342,8 +342,8 @@ fn plan(completion: &Completion) -> Option<Planned> {
     })
 }
 
-/// A `run_program` call; a missing or non-string `code` becomes a program that throws, so the
-/// model learns what is wrong through the usual repair path.
+/// Reads the program of a `run_program` call. A missing or non-string `code` becomes a program
+/// that throws, so the model learns what is wrong through the usual repair path.
 fn planned_call(completion: &Completion, call: &ToolCall) -> Planned {
     let code = match &call.function.arguments {
         ToolArguments::Json(Value::Object(map)) => match map.get("code") {
@@ -407,7 +407,7 @@ fn repairable(reason: FallbackReason) -> bool {
     reason != FallbackReason::SandboxError
 }
 
-/// What the circuit learns from the attempt: calls summed over its runs.
+/// Sums the calls of the attempt's runs into what the circuit learns from it.
 fn circuit_result(reports: &[RunReport]) -> RunResult {
     let executed_calls = reports.iter().map(RunReport::executed_calls).sum();
     let timed_out_calls = reports.iter().map(RunReport::timed_out_calls).sum();
@@ -423,8 +423,8 @@ fn circuit_result(reports: &[RunReport]) -> RunResult {
     }
 }
 
-/// Calls that succeeded in a run that may have side effects worth keeping; a shadow run's calls
-/// are repeat-safe, and the classic loop serves on its own.
+/// Collects the calls that succeeded, for the classic loop. A shadow run hands over nothing,
+/// because its calls are safe to repeat and the classic loop serves on its own.
 fn completed_calls(reports: &[RunReport], role: RunRole) -> Vec<CallReport> {
     if role != RunRole::Serve {
         return Vec::new();
@@ -437,8 +437,8 @@ fn completed_calls(reports: &[RunReport], role: RunRole) -> Vec<CallReport> {
         .collect()
 }
 
-/// The messages that show the classic loop what code mode already did: one assistant message
-/// with a call per completed tool call, and the results.
+/// Builds the messages that show the classic loop what code mode already did: one assistant
+/// message with a call per completed tool call, then the results.
 pub fn handover_messages(catalog: &ToolCatalog, handover: &[CallReport]) -> Vec<ChatMessage> {
     let mut calls = Vec::new();
     let mut results = Vec::new();
@@ -470,7 +470,7 @@ pub fn handover_messages(catalog: &ToolCatalog, handover: &[CallReport]) -> Vec<
     messages
 }
 
-/// The turn's record of a code-mode call.
+/// Converts a code-mode call into the turn's tool-call record.
 pub fn call_record(catalog: &ToolCatalog, call: &CallReport) -> ToolCallRecord {
     let status = if call.ok {
         ToolCallStatus::Ok

@@ -11,9 +11,11 @@ use crate::agent::Agent;
 use crate::code_mode::CodeMode;
 use crate::code_mode::subprocess::EngineCommand;
 use crate::config::{Config, mask_url_password};
+use crate::http::rate_limit::RateLimiter;
 use crate::http::{self, AppState};
 use crate::mcp::McpHub;
 use crate::provider::ProviderClient;
+use crate::telemetry::{Metrics, ScrapeSources, Telemetry};
 use crate::{store, telemetry};
 
 pub async fn run(args: ServeArgs) -> Result<(), CliError> {
@@ -70,13 +72,15 @@ pub async fn build_state_with_engine(
     config: &Config,
     engine: EngineCommand,
 ) -> Result<AppState, CliError> {
+    let started_at = std::time::SystemTime::now();
+    let metrics = Metrics::default();
     let store = store::open(&config.store).await?;
     let providers = config
         .providers
         .iter()
         .map(|(name, provider)| {
             ProviderClient::new(name, provider)
-                .map(|client| (name.clone(), client))
+                .map(|client| (name.clone(), client.with_metrics(metrics.clone())))
                 .map_err(|source| CliError::Provider {
                     name: name.clone(),
                     source,
@@ -90,19 +94,30 @@ pub async fn build_state_with_engine(
         hub.clone(),
     );
     code_mode.set_engine_command(engine);
+    code_mode.set_metrics(metrics.clone());
+    let code_mode = Arc::new(code_mode);
     let agent = Agent::new(
         store.clone(),
         hub.clone(),
         providers,
         config.app.default_provider.clone(),
         config.agent.clone(),
-        Arc::new(code_mode),
-    );
+        code_mode.clone(),
+    )
+    .with_metrics(metrics.clone());
+    let sources = ScrapeSources {
+        code_mode,
+        hub,
+        started_at,
+    };
+    let http = &config.channels.http;
     Ok(AppState {
         agent: Arc::new(agent),
         store,
-        http: Arc::new(config.channels.http.clone()),
+        http: Arc::new(http.clone()),
         turns: TaskTracker::new(),
+        telemetry: Arc::new(Telemetry::new(metrics, sources)),
+        diag_limiter: RateLimiter::per_minute(http.diag_rate_limit_per_minute).map(Arc::new),
     })
 }
 
@@ -115,9 +130,27 @@ fn warn_if_exposed(config: &Config, addr: std::net::SocketAddr) {
              anyone who can reach it can use the API"
         );
     }
-    if http.diag_bearer_token.is_none() {
+    log_diag_endpoints(http);
+}
+
+/// Says whether `/v1/code-mode/diag` and `/v1/code-mode/metrics` are served, and why not.
+fn log_diag_endpoints(http: &crate::config::HttpChannelConfig) {
+    if !http.enabled {
         tracing::info!(
-            "Code-mode diagnostics endpoints are disabled: channels.http.diag_bearer_token is empty"
+            "Code-mode diagnostics endpoints are disabled because channels.http.enabled is false"
+        );
+    } else if http.diag_bearer_token.is_none() {
+        tracing::info!(
+            "Code-mode diagnostics endpoints are disabled (they answer 404) because \
+             channels.http.diag_bearer_token is empty"
+        );
+    } else {
+        tracing::info!(
+            diag = http::DIAG_PATH,
+            metrics = http::METRICS_PATH,
+            rate_limit_per_minute = http.diag_rate_limit_per_minute,
+            trusted_proxies = http.trusted_proxies.len(),
+            "Code-mode diagnostics endpoints are enabled behind channels.http.diag_bearer_token"
         );
     }
 }

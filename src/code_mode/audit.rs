@@ -5,9 +5,10 @@
 //! model produced a program and code mode set out to run it; it ends either *used* (its result
 //! served the reply) or as a *fallback* with a reason, so `attempts = used + fallback` always
 //! holds. A reply without a program is a *direct answer* and counts as neither. Counters are
-//! plain atomics that live as long as the process, so a config reload does not reset them.
+//! plain atomics that live as long as the process and never reset; the metrics endpoint reads
+//! them at scrape time.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -98,7 +99,7 @@ pub enum Planner {
     Fenced,
 }
 
-/// The role of a run.
+/// The role of a run. A closed set: it labels metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunRole {
@@ -108,6 +109,22 @@ pub enum RunRole {
     Shadow,
     /// A probe of the open circuit, in shadow.
     Probe,
+}
+
+impl RunRole {
+    pub const ALL: [RunRole; 3] = [Self::Serve, Self::Shadow, Self::Probe];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Serve => "serve",
+            Self::Shadow => "shadow",
+            Self::Probe => "probe",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// One code-mode attempt.
@@ -134,12 +151,17 @@ pub struct AuditRecord {
 }
 
 /// Running totals of code mode since the process started.
+///
+/// Attempts are not stored: a snapshot derives them from the used and fallback counts it read,
+/// so `attempts = used + fallback` holds in every snapshot, even one taken while an attempt is
+/// being counted.
 #[derive(Debug, Default)]
 pub struct CodeModeStats {
-    attempts: AtomicU64,
     used: AtomicU64,
     fallback: AtomicU64,
     fallback_by_reason: [AtomicU64; FallbackReason::ALL.len()],
+    used_by_role: [AtomicU64; RunRole::ALL.len()],
+    fallback_by_role: [AtomicU64; RunRole::ALL.len()],
     direct_answers: AtomicU64,
     runs: AtomicU64,
     executed_calls: AtomicU64,
@@ -153,7 +175,12 @@ pub struct StatsSnapshot {
     pub attempts_total: u64,
     pub used_total: u64,
     pub fallback_total: u64,
-    pub fallback_by_reason: Vec<(&'static str, u64)>,
+    /// Fallbacks per [`FallbackReason`], every reason listed.
+    pub fallback_by_reason: BTreeMap<&'static str, u64>,
+    /// Attempts per [`RunRole`], every role listed.
+    pub attempts_by_role: BTreeMap<&'static str, u64>,
+    /// Fallbacks per [`RunRole`], every role listed.
+    pub fallback_by_role: BTreeMap<&'static str, u64>,
     pub direct_answers_total: u64,
     pub runs_total: u64,
     pub executed_calls_total: u64,
@@ -165,13 +192,15 @@ impl CodeModeStats {
     /// Counts a finished attempt.
     pub fn record(&self, record: &AuditRecord) {
         let add = |counter: &AtomicU64, value: u64| counter.fetch_add(value, Ordering::Relaxed);
-        add(&self.attempts, 1);
+        let role = record.role.index();
         match record.reason {
             Some(reason) => {
-                add(&self.fallback, 1);
                 add(&self.fallback_by_reason[reason.index()], 1);
+                add(&self.fallback_by_role[role], 1);
+                add(&self.fallback, 1);
             }
             None => {
+                add(&self.used_by_role[role], 1);
                 add(&self.used, 1);
             }
         }
@@ -187,10 +216,23 @@ impl CodeModeStats {
 
     pub fn snapshot(&self) -> StatsSnapshot {
         let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let used = read(&self.used);
+        let fallback = read(&self.fallback);
+        let by_role = |counters: &[AtomicU64; RunRole::ALL.len()]| {
+            RunRole::ALL
+                .iter()
+                .map(|role| (role.as_str(), read(&counters[role.index()])))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let fallback_by_role = by_role(&self.fallback_by_role);
+        let mut attempts_by_role = by_role(&self.used_by_role);
+        for (role, count) in &fallback_by_role {
+            *attempts_by_role.entry(role).or_default() += count;
+        }
         StatsSnapshot {
-            attempts_total: read(&self.attempts),
-            used_total: read(&self.used),
-            fallback_total: read(&self.fallback),
+            attempts_total: used + fallback,
+            used_total: used,
+            fallback_total: fallback,
             fallback_by_reason: FallbackReason::ALL
                 .iter()
                 .map(|reason| {
@@ -200,6 +242,8 @@ impl CodeModeStats {
                     )
                 })
                 .collect(),
+            attempts_by_role,
+            fallback_by_role,
             direct_answers_total: read(&self.direct_answers),
             runs_total: read(&self.runs),
             executed_calls_total: read(&self.executed_calls),

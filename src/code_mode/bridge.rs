@@ -4,7 +4,7 @@
 //! flight, the per-call timeout (never longer than the run time left) and the characters of results
 //! a run may receive. It keeps one [`CallReport`] per call for the run report and the audit. The
 //! bridge lives in the gateway process in both execution modes, so a program in a child process
-//! never holds MCP connections or secrets: its calls arrive here over the pipe.
+//! never has MCP connections or secrets. Its calls arrive here over the pipe.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -106,7 +106,7 @@ pub struct Bridge {
     state: Mutex<BridgeState>,
 }
 
-/// What a finished run's bridge observed.
+/// The calls and exceeded budget of a finished run.
 #[derive(Debug, Clone, Default)]
 pub struct BridgeSummary {
     pub calls: Vec<CallReport>,
@@ -136,7 +136,7 @@ impl Bridge {
         }
     }
 
-    /// Runs one call and answers with the JSON envelope the sandbox expects:
+    /// Runs one call and returns the JSON envelope the sandbox expects:
     /// `{"ok":true,"value":…}` or `{"ok":false,"error":"…"}`.
     pub async fn call_json(&self, index: usize, arguments_json: &str) -> String {
         let envelope = match self.call(index, arguments_json).await {
@@ -261,8 +261,8 @@ impl Bridge {
         outcome
     }
 
-    /// The value handed to the program, charged to the shared result budget. A result that does
-    /// not fit arrives as a string cut on a character boundary, with a marker.
+    /// Charges a result to the shared result budget and returns the value the program gets. A
+    /// result that does not fit arrives as a string cut on a character boundary, with a marker.
     fn take_result(state: &mut BridgeState, slot: usize, output: ToolOutput) -> Value {
         let chars = output.text.chars().count();
         if chars <= state.result_chars_left {

@@ -86,7 +86,7 @@ impl RunReport {
         }
     }
 
-    /// Why the run cannot serve the reply, or `None` when it can.
+    /// Returns why the run cannot serve the reply, or `None` when it can.
     pub fn failure(&self) -> Option<FallbackReason> {
         if self.exceeded == Some(BridgeBudget::MaxCalls) {
             return Some(FallbackReason::MaxCalls);
@@ -115,7 +115,7 @@ impl RunReport {
         self.calls.iter().filter(|c| !c.ok).count() as u32
     }
 
-    /// The report as the model reads it: JSON, with the value cut to `max_chars`.
+    /// Renders the report as the model reads it: JSON, with the value cut to `max_chars`.
     pub fn render(&self, max_chars: usize) -> String {
         let calls: Vec<Value> = self.calls.iter().map(call_summary).collect();
         let mut report = json!({
@@ -152,7 +152,7 @@ fn call_summary(call: &CallReport) -> Value {
     summary
 }
 
-/// A value whose JSON text exceeds the budget is replaced by that text, cut with a marker.
+/// Replaces a value whose JSON text exceeds the budget by that text, cut with a marker.
 fn bounded_value(value: &Value, max_chars: usize) -> Value {
     let text = value.to_string();
     if text.chars().count() <= max_chars {
@@ -161,7 +161,7 @@ fn bounded_value(value: &Value, max_chars: usize) -> Value {
     Value::String(truncate_chars(&text, max_chars).text)
 }
 
-/// The failure in words the model can act on.
+/// Describes the failure in words the model can act on.
 pub fn failure_text(failure: &ProgramFailure) -> String {
     match failure {
         ProgramFailure::Syntax(message) => format!("the program does not parse: {message}"),

@@ -30,6 +30,7 @@ use executor::{Executor, RunReport, Selection};
 
 use crate::config::{CodeModeConfig, McpConfig};
 use crate::mcp::ToolInfo;
+use crate::telemetry::Metrics;
 
 /// Audit records kept for the diag endpoint.
 const AUDIT_CAPACITY: usize = 64;
@@ -42,6 +43,7 @@ pub struct CodeMode {
     circuit: Arc<TimeoutCircuit>,
     stats: CodeModeStats,
     audit: AuditLog,
+    metrics: Metrics,
 }
 
 /// Code mode's state as the diag endpoint shows it.
@@ -62,7 +64,13 @@ impl CodeMode {
             mcp,
             stats: CodeModeStats::default(),
             audit: AuditLog::new(AUDIT_CAPACITY),
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Sets the instruments that record run and tool-call durations.
+    pub fn set_metrics(&mut self, metrics: Metrics) {
+        self.metrics = metrics;
     }
 
     /// Sets the program started in subprocess mode; by default the running executable.
@@ -100,7 +108,11 @@ impl CodeMode {
         shadow: bool,
         deadline: Instant,
     ) -> RunReport {
-        self.executor.run(selection, code, shadow, deadline).await
+        let started = Instant::now();
+        let report = self.executor.run(selection, code, shadow, deadline).await;
+        self.metrics
+            .observe_program_run(started.elapsed(), &report.calls);
+        report
     }
 
     /// Counts, logs and keeps a finished attempt.
@@ -112,6 +124,15 @@ impl CodeMode {
 
     pub fn record_direct_answer(&self) {
         self.stats.record_direct_answer();
+    }
+
+    /// The counters alone, as the metrics endpoint reads them on every scrape.
+    pub fn counters(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    pub fn circuit(&self) -> CircuitSnapshot {
+        self.circuit.snapshot()
     }
 
     pub fn snapshot(&self) -> CodeModeSnapshot {

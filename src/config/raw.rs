@@ -120,8 +120,13 @@ pub struct RawHttpChannel {
     pub api_bearer_token: Option<String>,
     /// Bearer token of the code-mode diagnostics endpoints; empty disables them. Default: empty.
     pub diag_bearer_token: Option<String>,
-    /// Requests per minute to the diagnostics endpoints per client; 0 is unlimited. Default 120.
+    /// Requests per minute to the diagnostics endpoints per client IP address, both endpoints
+    /// together; 0 is unlimited. Default 120.
     pub diag_rate_limit_per_minute: Option<u32>,
+    /// Reverse proxies, as IP addresses or CIDR blocks, whose `X-Forwarded-For` header names the
+    /// client for the diagnostics rate limit. From any other peer the header is ignored.
+    /// Default: empty (the socket's peer address is the client).
+    pub trusted_proxies: Option<Vec<String>>,
     /// Longest accepted message `text`, in bytes of UTF-8. Default 32768.
     pub max_text_bytes: Option<usize>,
     /// Largest accepted request body, in bytes. Default 65536.

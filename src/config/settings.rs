@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::Serialize;
 
 use super::ConfigError;
@@ -77,6 +78,7 @@ pub struct HttpChannelConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub diag_bearer_token: Option<Secret>,
     pub diag_rate_limit_per_minute: u32,
+    pub trusted_proxies: Vec<IpNet>,
     pub max_text_bytes: usize,
     pub max_body_bytes: usize,
 }
@@ -382,9 +384,32 @@ fn validate_http(raw: RawChannels) -> Result<HttpChannelConfig, ConfigError> {
         api_bearer_token: bearer_token("channels.http.api_bearer_token", raw.api_bearer_token)?,
         diag_bearer_token: bearer_token("channels.http.diag_bearer_token", raw.diag_bearer_token)?,
         diag_rate_limit_per_minute: raw.diag_rate_limit_per_minute.unwrap_or(120),
+        trusted_proxies: trusted_proxies(raw.trusted_proxies.unwrap_or_default())?,
         max_text_bytes,
         max_body_bytes,
     })
+}
+
+/// Parses each entry as a CIDR block or a single address, which becomes a /32 or /128 block.
+fn trusted_proxies(entries: Vec<String>) -> Result<Vec<IpNet>, ConfigError> {
+    entries
+        .iter()
+        .enumerate()
+        .map(|(index, entry)| {
+            let text = entry.trim();
+            text.parse::<IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map(|net| net.trunc())
+                .map_err(|_| {
+                    invalid(
+                        format!("channels.http.trusted_proxies[{index}]"),
+                        format!(
+                            "`{entry}` is not an IP address or CIDR block, e.g. 10.0.0.5 or 10.0.0.0/8"
+                        ),
+                    )
+                })
+        })
+        .collect()
 }
 
 fn validate_agent(raw: RawAgent) -> Result<AgentConfig, ConfigError> {

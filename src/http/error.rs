@@ -24,6 +24,8 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    #[error("too many requests to the diagnostics endpoints; retry in {} s", retry_after_secs(*.0))]
+    RateLimited(std::time::Duration),
     #[error("the request body did not arrive within {} s", .0.as_secs())]
     BodyTimeout(std::time::Duration),
     #[error("{0} is not supported on this route")]
@@ -71,6 +73,7 @@ impl ApiError {
             }
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
@@ -100,6 +103,12 @@ impl ApiError {
             other => other.to_string(),
         }
     }
+}
+
+/// Whole seconds a client should wait, rounded up and at least 1, as `Retry-After` carries them.
+pub fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    seconds.max(1)
 }
 
 fn provider_status(err: &ProviderError) -> (StatusCode, &'static str) {
@@ -137,6 +146,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Self::RateLimited(wait) = &self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, retry_after_secs(*wait).into());
         }
         if let Self::Agent(AgentError::Provider(err)) = &self
             && let Some(wait) = err.retry_after()

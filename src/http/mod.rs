@@ -1,9 +1,13 @@
-//! The HTTP API: router, handlers, errors, bearer auth, and the server with graceful shutdown.
+//! The HTTP API: router, handlers, errors, bearer auth, the diagnostics endpoints with their rate
+//! limit, and the server with graceful shutdown.
 
 pub mod auth;
+pub mod client_ip;
 pub mod error;
+pub mod rate_limit;
 mod routes;
 mod state;
+mod track;
 
 use std::future::Future;
 use std::time::Duration;
@@ -11,8 +15,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::http::Request;
-use axum::middleware::from_fn_with_state;
-use axum::routing::{get, post};
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::routing::{any, get, post};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -22,15 +26,19 @@ use tower::Service;
 
 pub use error::ApiError;
 pub use routes::MAX_ID_BYTES;
+pub use routes::diag::{DIAG_PATH, METRICS_PATH};
 pub use state::AppState;
 
 /// Builds the router; with `channels.http.enabled = false` only `/health` is served.
 ///
-/// Everything except `/health` sits behind the API token check, unknown paths included, so a
-/// client without the token learns nothing about which routes exist.
+/// Everything except `/health` and the two diagnostics routes sits behind the API token check,
+/// unknown paths included, so a client without the token learns nothing about which routes
+/// exist. The diagnostics routes have their own token, rate limit and guard. Every request is
+/// counted in `xiaomaolv_http_requests_total` by its matched route pattern.
 pub fn router(state: AppState) -> Router {
     let router = Router::new().route("/health", get(routes::health::get));
     let router = if state.http.enabled {
+        let router = router.merge(diag_routes(&state));
         let mut api = Router::new()
             .route("/v1/messages", post(routes::messages::post))
             .route(
@@ -48,14 +56,30 @@ pub fn router(state: AppState) -> Router {
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(from_fn_with_state(state.clone(), auth::require_api_token))
+            .layer(from_fn(track::label_route))
             .with_state(state.clone());
         router.fallback_service(api)
     } else {
         router.fallback(not_found)
     };
+    let metrics = state.telemetry.metrics.clone();
     router
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(from_fn_with_state(metrics, track::record_request))
         .with_state(state)
+}
+
+/// The diagnostics routes; without a diag token they answer 404 to every method.
+fn diag_routes(state: &AppState) -> Router<AppState> {
+    if state.http.diag_bearer_token.is_none() {
+        return Router::new()
+            .route(DIAG_PATH, any(not_found))
+            .route(METRICS_PATH, any(not_found));
+    }
+    Router::new()
+        .route(DIAG_PATH, get(routes::diag::diag))
+        .route(METRICS_PATH, get(routes::diag::metrics))
+        .route_layer(from_fn_with_state(state.clone(), routes::diag::guard))
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

@@ -4,9 +4,11 @@ use std::sync::Arc;
 
 use tokio_util::task::TaskTracker;
 
+use super::rate_limit::RateLimiter;
 use crate::agent::Agent;
 use crate::config::HttpChannelConfig;
 use crate::store::HistoryStore;
+use crate::telemetry::Telemetry;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -15,4 +17,8 @@ pub struct AppState {
     pub http: Arc<HttpChannelConfig>,
     /// Every running turn, so shutdown can wait for them.
     pub turns: TaskTracker,
+    /// Metric instruments, the exposition and what the diag endpoint reads.
+    pub telemetry: Arc<Telemetry>,
+    /// The diagnostics endpoints' limiter; `None` when `diag_rate_limit_per_minute` is 0.
+    pub diag_limiter: Option<Arc<RateLimiter>>,
 }

@@ -38,6 +38,27 @@ pub enum ServerPhase {
     Exited,
 }
 
+impl ServerPhase {
+    /// Every phase, in a fixed order; a closed set that labels metrics.
+    pub const ALL: [ServerPhase; 5] = [
+        Self::Disabled,
+        Self::Connecting,
+        Self::Ready,
+        Self::Failed,
+        Self::Exited,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disabled => "disabled",
+            Self::Connecting => "connecting",
+            Self::Ready => "ready",
+            Self::Failed => "failed",
+            Self::Exited => "exited",
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Snapshot {
     phase: ServerPhase,

@@ -13,6 +13,7 @@ use super::retry::{RetryPolicy, parse_retry_after};
 use super::sse::SseDecoder;
 use super::wire::{ChatChunk, ChatCompletion, ChatMessage, ChatRequest, StreamOptions, ToolSpec};
 use crate::config::{ProviderConfig, Secret};
+use crate::telemetry::Metrics;
 
 /// Maximum length of the upstream error text quoted in an error message, in characters.
 const MAX_ERROR_BODY_CHARS: usize = 300;
@@ -30,6 +31,7 @@ pub struct ProviderClient {
     request_timeout: Duration,
     retry: RetryPolicy,
     max_response_bytes: usize,
+    metrics: Metrics,
 }
 
 impl ProviderClient {
@@ -57,7 +59,22 @@ impl ProviderClient {
                 max_backoff: Duration::from_millis(config.retry_max_backoff_ms),
             },
             max_response_bytes: config.max_response_bytes,
+            metrics: Metrics::default(),
         })
+    }
+
+    /// Records each request's outcome and duration in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        metrics.register_provider(&self.name);
+        self.metrics = metrics;
+        self
+    }
+
+    /// Counts a finished request by its outcome, `ok` or the error's kind.
+    fn observe<T>(&self, started: Instant, result: &Result<T, ProviderError>) {
+        let outcome = result.as_ref().map_or_else(ProviderError::kind, |_| "ok");
+        self.metrics
+            .observe_provider_request(&self.name, outcome, started.elapsed());
     }
 
     pub fn name(&self) -> &str {
@@ -94,6 +111,18 @@ impl ProviderClient {
         tools: Vec<ToolSpec>,
         deadline: Instant,
     ) -> Result<Completion, ProviderError> {
+        let started = Instant::now();
+        let result = self.complete_once(messages, tools, deadline).await;
+        self.observe(started, &result);
+        result
+    }
+
+    async fn complete_once(
+        &self,
+        messages: Vec<ChatMessage>,
+        tools: Vec<ToolSpec>,
+        deadline: Instant,
+    ) -> Result<Completion, ProviderError> {
         let request = self.request(messages, tools, false);
         let (response, timeout) = self.send_with_retries(&request, deadline).await?;
         let bytes = self.read_body(response, timeout).await?;
@@ -105,6 +134,21 @@ impl ProviderClient {
     /// Retries happen only before the first byte of the body is read, so no fragment is ever
     /// sent twice. A server that ignores `stream: true` and answers with plain JSON still works.
     pub async fn complete_streaming(
+        &self,
+        messages: Vec<ChatMessage>,
+        tools: Vec<ToolSpec>,
+        deadline: Instant,
+        text_tx: &mpsc::UnboundedSender<String>,
+    ) -> Result<Completion, ProviderError> {
+        let started = Instant::now();
+        let result = self
+            .complete_streaming_once(messages, tools, deadline, text_tx)
+            .await;
+        self.observe(started, &result);
+        result
+    }
+
+    async fn complete_streaming_once(
         &self,
         messages: Vec<ChatMessage>,
         tools: Vec<ToolSpec>,

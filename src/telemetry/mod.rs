@@ -1,8 +1,36 @@
-//! Logging setup; metrics and the diagnostics snapshot will live here too.
+//! Telemetry: logging setup, the metric names and instruments, and the diagnostics snapshot.
+//!
+//! [`names`] is the one list of exported metric names. [`metrics`] holds the instruments that
+//! record events and the exposition of `GET /v1/code-mode/metrics`, [`collector`] reads code
+//! mode's counters at scrape time, and [`diag`] builds the document of `GET /v1/code-mode/diag`.
+
+pub mod collector;
+pub mod diag;
+pub mod metrics;
+pub mod names;
 
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
+
+pub use metrics::{Exposition, Format, Metrics, ScrapeSources};
+
+/// Everything the diagnostics endpoints read, built once per gateway.
+pub struct Telemetry {
+    pub metrics: Metrics,
+    pub exposition: Exposition,
+    pub sources: ScrapeSources,
+}
+
+impl Telemetry {
+    pub fn new(metrics: Metrics, sources: ScrapeSources) -> Self {
+        Self {
+            exposition: Exposition::new(&metrics, sources.clone()),
+            metrics,
+            sources,
+        }
+    }
+}
 
 /// Installs the global `tracing` subscriber, honouring `RUST_LOG` (default `info`).
 ///

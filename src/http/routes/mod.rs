@@ -1,6 +1,7 @@
 //! Route handlers; each parses its input, calls one service, and shapes the response.
 
 mod body;
+pub mod diag;
 pub mod health;
 pub mod mcp;
 pub mod messages;

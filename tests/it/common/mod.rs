@@ -6,6 +6,7 @@ pub mod fake_openai;
 pub mod gateway;
 pub mod mcp_servers;
 pub mod process;
+pub mod traffic;
 
 pub use fake_openai::{FakeOpenAi, Reply};
 pub use gateway::{Options, TestGateway, message};
