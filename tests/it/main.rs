@@ -13,6 +13,7 @@ mod mcp;
 mod mcp_admin;
 mod mcp_cli;
 mod metrics_endpoint;
+mod prometheus;
 mod provider;
 mod real_model;
 mod sandbox;
