@@ -16,7 +16,7 @@ use ipnet::IpNet;
 
 const FORWARDED_FOR: &str = "x-forwarded-for";
 
-/// The client's address: the peer, or what a trusted proxy forwarded.
+/// Returns the client's address: the peer, or the address a trusted proxy forwarded.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let peer = canonical(peer);
     if !is_trusted(peer, trusted) {
@@ -42,7 +42,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
     client
 }
 
-/// The rate-limit key of an address: IPv4 as is, IPv6 by its /64 network.
+/// Returns the rate-limit key of an address: IPv4 as is, IPv6 by its /64 network.
 pub fn rate_key(ip: IpAddr) -> IpAddr {
     match canonical(ip) {
         IpAddr::V6(v6) => {
@@ -53,8 +53,8 @@ pub fn rate_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The peer address of a request, or the unspecified address when the router runs without a
-/// socket (as in tests that call it directly).
+/// Returns the peer address of a request, or the unspecified address when the router runs
+/// without a socket (as in tests that call it directly).
 pub fn peer_ip(peer: Option<SocketAddr>) -> IpAddr {
     peer.map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |addr| {
         addr.ip()
@@ -65,7 +65,7 @@ fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     trusted.iter().any(|net| net.contains(&ip))
 }
 
-/// An IPv4-mapped IPv6 address (a dual-stack listener's view of an IPv4 peer) becomes IPv4.
+/// Converts an IPv4-mapped IPv6 address (a dual-stack listener's view of an IPv4 peer) to IPv4.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
@@ -107,7 +107,7 @@ mod tests {
     }
 
     #[test]
-    fn untrusted_peer_is_the_client_whatever_the_header_says() {
+    fn untrusted_peer_ignores_the_header() {
         let found = client_ip(ip("198.51.100.7"), &headers(&["203.0.113.9"]), &[]);
         assert_eq!(found, ip("198.51.100.7"));
     }

@@ -51,7 +51,7 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    /// A limiter of `limit` requests per minute, or `None` for 0, which means unlimited.
+    /// Creates a limiter of `limit` requests per minute, or `None` for 0, which means unlimited.
     pub fn per_minute(limit: u32) -> Option<Self> {
         (limit > 0).then(|| Self::new(limit, Duration::from_secs(60), MAX_TRACKED_CLIENTS))
     }
@@ -69,7 +69,7 @@ impl RateLimiter {
         self.limit
     }
 
-    /// Counts one request of `key` at `now` and says whether it may proceed.
+    /// Counts one request of `key` at `now` and returns whether it may proceed.
     pub fn check(&self, key: IpAddr, now: Instant) -> RateStatus {
         // A panic elsewhere cannot leave a window half-updated, so a poisoned table is still valid.
         let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
@@ -153,7 +153,7 @@ mod tests {
     }
 
     #[test]
-    fn a_new_window_starts_after_the_old_one_ends() {
+    fn window_restarts_after_it_ends() {
         let limiter = RateLimiter::new(1, Duration::from_secs(60), 10);
         let start = Instant::now();
         assert!(limiter.check(ip(1), start).allowed);

@@ -1,7 +1,7 @@
 //! Request metrics: each request is counted by its matched route pattern and status class.
 //!
 //! The API routes live in a router that the outer one reaches through its fallback, so the outer
-//! middleware never sees their matched path in the request. [`label_route`] runs inside that
+//! middleware cannot read their matched path from the request. [`label_route`] runs inside that
 //! router and copies the pattern into the response, where [`record_request`] finds it.
 
 use std::time::Instant;

@@ -105,7 +105,7 @@ impl Families<'_> {
         self.last_transition(circuit)
     }
 
-    /// The family is always described, but has a sample only after the first transition.
+    /// Describes the family on every scrape, and writes its sample only after the first transition.
     fn last_transition(&mut self, circuit: &CircuitSnapshot) -> fmt::Result {
         let name = names::CODE_MODE_CIRCUIT_LAST_TRANSITION;
         let family =
@@ -139,8 +139,8 @@ impl Families<'_> {
         )
     }
 
-    /// One series per state, every state listed, so a state that empties drops to 0 instead of
-    /// vanishing.
+    /// Writes one series per state, every state listed, so a state that empties drops to 0
+    /// instead of vanishing.
     fn mcp_servers(&mut self, statuses: &[crate::mcp::ServerStatus]) -> fmt::Result {
         let name = names::MCP_SERVERS;
         let mut family =
@@ -154,9 +154,9 @@ impl Families<'_> {
         Ok(())
     }
 
-    /// The opens counter. In OpenMetrics its family name would equal the gauge's, so there it is
-    /// written as an `unknown` family under its full sample name, which Prometheus stores under
-    /// the same series name as the text format's counter.
+    /// Writes the opens counter. In OpenMetrics its family name would equal the gauge's, so there
+    /// it is an `unknown` family under its full sample name, which Prometheus stores under the
+    /// same series name as the text format's counter.
     fn circuit_opens(&mut self, opens: u64) -> fmt::Result {
         let name = names::CODE_MODE_CIRCUIT_OPENS;
         if self.format == Format::Text {
@@ -202,7 +202,7 @@ impl Families<'_> {
     }
 }
 
-/// The help text as the registry writes it for registered metrics, ending in a full stop.
+/// Formats the help text as the registry writes it for registered metrics, with a full stop.
 fn help(name: MetricName) -> String {
     format!("{}.", name.help)
 }

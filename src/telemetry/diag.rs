@@ -22,7 +22,7 @@ pub struct DiagSnapshot {
     pub mcp_servers: Vec<ServerStatus>,
 }
 
-/// What was built: the same values as the labels of `xiaomaolv_build_info`.
+/// Build information, with the same values as the labels of `xiaomaolv_build_info`.
 #[derive(Debug, Clone, Serialize)]
 pub struct BuildInfo {
     pub name: &'static str,

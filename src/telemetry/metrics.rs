@@ -1,7 +1,7 @@
 //! Metric instruments that record events as they happen, and the exposition the metrics endpoint
 //! serves.
 //!
-//! [`Metrics`] holds the histograms and counters that the HTTP layer, the provider client, the
+//! [`Metrics`] contains the histograms and counters that the HTTP layer, the provider client, the
 //! agent and code mode update. It is cheap to clone, and every clone shares the same series. Code
 //! mode's own counters are not copied here: [`Exposition`] reads them from code mode's atomics at
 //! scrape time through [`GatewayCollector`], so the endpoint and the diag snapshot can never
@@ -215,7 +215,7 @@ impl Format {
     }
 }
 
-/// What the collector reads at scrape time.
+/// Sources the collector reads at scrape time.
 #[derive(Clone)]
 pub struct ScrapeSources {
     pub code_mode: Arc<CodeMode>,

@@ -1,6 +1,6 @@
 //! Telemetry: logging setup, the metric names and instruments, and the diagnostics snapshot.
 //!
-//! [`names`] is the one list of exported metric names. [`metrics`] holds the instruments that
+//! [`names`] is the one list of exported metric names. [`metrics`] contains the instruments that
 //! record events and the exposition of `GET /v1/code-mode/metrics`, [`collector`] reads code
 //! mode's counters at scrape time, and [`diag`] builds the document of `GET /v1/code-mode/diag`.
 

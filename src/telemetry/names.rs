@@ -30,8 +30,8 @@ impl MetricName {
         Self { family, kind, help }
     }
 
-    /// The sample name Prometheus stores: the family plus `_total` for a counter and `_info` for
-    /// an info metric. A histogram's samples add `_bucket`, `_sum` and `_count` to this.
+    /// Returns the sample name Prometheus stores: the family plus `_total` for a counter and
+    /// `_info` for an info metric. A histogram's samples add `_bucket`, `_sum` and `_count` to this.
     pub fn exposed(&self) -> String {
         match self.kind {
             Kind::Counter => format!("{}_total", self.family),

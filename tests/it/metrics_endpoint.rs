@@ -59,7 +59,7 @@ async fn diag(gateway: &TestGateway) -> Value {
 }
 
 #[tokio::test]
-async fn text_format_names_every_family_once_with_help_and_type() {
+async fn text_format_lists_every_family_once() {
     let fake = FakeOpenAi::start().await;
     let options = Options {
         http: HTTP,
@@ -152,7 +152,7 @@ async fn openmetrics_is_served_when_accept_prefers_it() {
 }
 
 #[tokio::test]
-async fn metrics_and_diag_agree_with_code_mode_after_real_traffic() {
+async fn metrics_and_diag_match_code_mode() {
     let fake = FakeOpenAi::start().await;
     let gateway = code_mode_gateway(&fake, HTTP).await;
     used_then_circuit_opens(&gateway, &fake).await;
@@ -263,7 +263,7 @@ async fn metrics_and_diag_agree_with_code_mode_after_real_traffic() {
 }
 
 #[tokio::test]
-async fn diag_document_has_build_settings_circuit_records_and_servers() {
+async fn diag_document_has_every_section() {
     let fake = FakeOpenAi::start().await;
     let gateway = code_mode_gateway(&fake, HTTP).await;
     used_then_circuit_opens(&gateway, &fake).await;
@@ -322,7 +322,7 @@ async fn diag_document_has_build_settings_circuit_records_and_servers() {
 }
 
 #[tokio::test]
-async fn requests_are_counted_by_route_pattern_and_provider_outcome() {
+async fn requests_counted_by_route_and_outcome() {
     let fake = FakeOpenAi::start().await;
     let options = Options {
         http: HTTP,
@@ -381,7 +381,7 @@ fn binary_config(provider_url: &str, http: &str) -> String {
 }
 
 #[tokio::test]
-async fn startup_log_says_the_endpoints_are_disabled_without_a_token() {
+async fn startup_logs_disabled_endpoints() {
     let fake = FakeOpenAi::start().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("xiaomaolv.toml");
@@ -400,7 +400,7 @@ async fn startup_log_says_the_endpoints_are_disabled_without_a_token() {
 }
 
 #[tokio::test]
-async fn the_diag_token_never_reaches_the_log() {
+async fn diag_token_never_logged() {
     let fake = FakeOpenAi::start().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("xiaomaolv.toml");

@@ -24,7 +24,7 @@ fn repo(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
 
-/// The path of a Prometheus tool, or a panic that says how to install it.
+/// Finds a Prometheus tool on `PATH`, or panics with how to install it.
 fn tool(name: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
@@ -46,16 +46,16 @@ fn promtool(args: &[&str]) -> Output {
         .expect("promtool runs")
 }
 
-fn assert_success(output: &Output, what: &str) {
+fn assert_success(output: &Output, command: &str) {
     assert!(
         output.status.success(),
-        "{what} failed:\nstdout: {}\nstderr: {}",
+        "{command} failed:\nstdout: {}\nstderr: {}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
 }
 
-/// The body of the first fenced `yaml` block after `heading` in the spec copy.
+/// Returns the body of the first fenced `yaml` block after `heading` in the spec copy.
 fn spec_yaml_block(heading: &str) -> String {
     let spec = std::fs::read_to_string(repo(SPEC_COPY)).unwrap();
     let section = &spec[spec.find(heading).expect("heading in the spec")..];
@@ -64,7 +64,7 @@ fn spec_yaml_block(heading: &str) -> String {
 }
 
 #[test]
-fn spec_rules_file_equals_the_rules_block_of_the_spec() {
+fn spec_rules_file_matches_the_spec() {
     let deployed = std::fs::read_to_string(repo(SPEC_RULES)).unwrap();
     assert_eq!(deployed, spec_yaml_block("## Recording/Alert Rule Example"));
 }
@@ -112,7 +112,7 @@ fn deploy_scrape_config_passes_promtool() {
 }
 
 #[tokio::test]
-async fn promtool_accepts_a_live_scrape_after_code_mode_traffic() {
+async fn promtool_accepts_live_scrape() {
     let fake = FakeOpenAi::start().await;
     let gateway = code_mode_gateway(&fake, HTTP).await;
     used_then_circuit_opens(&gateway, &fake).await;
@@ -206,7 +206,7 @@ impl Prometheus {
         std::fs::read_to_string(self._dir.path().join("prometheus.log")).unwrap_or_default()
     }
 
-    /// The result vector of an instant query; empty while Prometheus is not up yet.
+    /// Runs an instant query and returns its result vector, empty while Prometheus is not up.
     async fn query(&self, query: &str) -> Vec<Value> {
         let base = format!("{}/api/v1/query", self.url);
         let url = reqwest::Url::parse_with_params(&base, [("query", query)]).unwrap();
@@ -259,7 +259,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The value of the only sample in an instant-query result.
+/// Returns the value of the only sample in an instant-query result.
 fn single_value(result: &[Value]) -> Option<f64> {
     match result {
         [sample] => sample["value"][1].as_str()?.parse().ok(),
@@ -267,7 +267,7 @@ fn single_value(result: &[Value]) -> Option<f64> {
     }
 }
 
-/// The spec's scrape config as an operator deploys it: `${HTTP_DIAG_BEARER_TOKEN}` and the target
+/// Renders the spec's scrape config as an operator deploys it: `${HTTP_DIAG_BEARER_TOKEN}` and the target
 /// filled in (Prometheus does not expand variables itself), with short intervals, both rules
 /// files, and a second job whose token is wrong.
 fn prometheus_config(gateway: &TestGateway) -> String {
@@ -362,7 +362,7 @@ async fn prometheus_scrapes_the_gateway_with_the_spec_config() {
         .await;
 }
 
-/// Every metric name in `expr`: identifiers that start with `xiaomaolv_` or contain a colon
+/// Collects every metric name in `expr`: identifiers that start with `xiaomaolv_` or contain a colon
 /// (recording rules).
 fn metric_names(expr: &str) -> Vec<String> {
     let mut names = Vec::new();
@@ -384,7 +384,7 @@ fn metric_names(expr: &str) -> Vec<String> {
     names
 }
 
-/// Every `expr` string anywhere in the dashboard.
+/// Collects every `expr` string anywhere in the dashboard.
 fn exprs(value: &Value, found: &mut Vec<String>) {
     match value {
         Value::Object(map) => {

@@ -1,7 +1,7 @@
 //! `GET /v1/code-mode/diag` and `GET /v1/code-mode/metrics`, and the guard in front of both.
 //!
 //! The guard runs three checks in order. Without `channels.http.diag_bearer_token` both routes
-//! answer 404, as if they did not exist. Then `diag_rate_limit_per_minute` counts the request
+//! return 404, as if they did not exist. Then `diag_rate_limit_per_minute` counts the request
 //! against its client, before the token is looked at, so a client guessing tokens is slowed down
 //! as much as any other. Last, the bearer token is compared in constant time. The API token plays
 //! no part here: the routes have their own token and work whether or not the API has one.
@@ -103,9 +103,9 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
     ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
 }
 
-/// OpenMetrics when `Accept` prefers it over plain text, else the Prometheus text format.
+/// Picks OpenMetrics when `Accept` prefers it over plain text, else the Prometheus text format.
 ///
-/// Prometheus 2.x asks for OpenMetrics first with a lower `q` for `text/plain`; a client without
+/// Prometheus 2.x requests OpenMetrics first with a lower `q` for `text/plain`; a client without
 /// `Accept`, or with `*/*`, gets the text format.
 pub fn negotiate(headers: &HeaderMap) -> Format {
     let mut openmetrics = 0.0_f32;

@@ -15,7 +15,7 @@ pub const CODE_MODE: &str = "[agent.code_mode]\nenabled = true\nmax_call_timeout
 max_runtime_ms = 2000\nmax_repair_attempts = 0\ntimeout_auto_shadow_streak = 2\n\
 timeout_auto_shadow_probe_every = 2";
 
-/// The fault server with `capabilities = []`, so code mode may call its tools.
+/// Returns the fault server's table with `capabilities = []`, so code mode may call its tools.
 pub fn fault_server_table() -> String {
     format!(
         "[mcp.servers.faults]\ncommand = \"{}\"\nargs = [\"{}\"]\ntimeout_ms = 20000\n\
@@ -25,7 +25,7 @@ pub fn fault_server_table() -> String {
     )
 }
 
-/// A gateway with code mode on the fault server and the given `[channels.http]` lines.
+/// Starts a gateway with code mode on the fault server and the given `[channels.http]` lines.
 pub async fn code_mode_gateway(fake: &FakeOpenAi, http: &'static str) -> TestGateway {
     let options = Options {
         http,
@@ -36,14 +36,14 @@ pub async fn code_mode_gateway(fake: &FakeOpenAi, http: &'static str) -> TestGat
     TestGateway::start_with(&fake.base_url(), options).await
 }
 
-/// A completion that calls `run_program` with `code`.
+/// Builds a completion that calls `run_program` with `code`.
 pub fn program(code: &str) -> Reply {
     let arguments = json!({ "code": code }).to_string();
     Reply::Json(tool_calls(&[("run_program", &arguments)], "tool_calls"))
 }
 
-/// One used attempt, then two attempts whose tool call times out, which open the circuit, then
-/// one request that skips code mode. Afterwards: 3 attempts, 1 used, 2 fallbacks, 2 timed-out
+/// Sends one used attempt, then two attempts whose tool call times out, which open the circuit,
+/// then one request that skips code mode. Afterwards: 3 attempts, 1 used, 2 fallbacks, 2 timed-out
 /// calls, the circuit open.
 pub async fn used_then_circuit_opens(gateway: &TestGateway, fake: &FakeOpenAi) {
     fake.push(program("return await tools.faults.echo({text: 'fast'});"));
