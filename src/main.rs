@@ -1,10 +1,15 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use xiaomaolv::cli::{self, Cli};
+use xiaomaolv::cli::{self, Cli, Command};
+use xiaomaolv::code_mode::subprocess;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::CodeModeEngine) {
+        // The engine process builds its own single-threaded runtime on this thread.
+        return subprocess::serve_engine();
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

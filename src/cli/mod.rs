@@ -43,6 +43,10 @@ pub enum Command {
         #[command(subcommand)]
         command: McpCommand,
     },
+    /// Run one code-mode program as the gateway's engine process (`execution_mode = "subprocess"`).
+    /// The gateway starts this itself and talks to it over stdin and stdout.
+    #[command(hide = true, name = crate::code_mode::subprocess::ENGINE_SUBCOMMAND)]
+    CodeModeEngine,
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,6 +105,8 @@ pub enum CliError {
     Serve(std::io::Error),
     #[error(transparent)]
     Mcp(#[from] mcp::McpCliError),
+    #[error("the code-mode engine runs only as its own process, started by the gateway")]
+    EngineInRuntime,
 }
 
 /// Runs the parsed command line.
@@ -120,6 +126,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 McpCommand::Rm { name } => mcp::remove(config, &name),
             }
         }
+        // `main` serves the engine before building the gateway's runtime, so it never gets here.
+        Command::CodeModeEngine => Err(CliError::EngineInRuntime),
     }
 }
 

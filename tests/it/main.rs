@@ -19,4 +19,5 @@ mod real_model;
 mod sandbox;
 mod sse;
 mod store;
+mod subprocess;
 mod tool_loop;
