@@ -133,7 +133,7 @@ fn warn_if_exposed(config: &Config, addr: std::net::SocketAddr) {
     log_diag_endpoints(http);
 }
 
-/// Says whether `/v1/code-mode/diag` and `/v1/code-mode/metrics` are served, and why not.
+/// Logs whether `/v1/code-mode/diag` and `/v1/code-mode/metrics` are served, and why not.
 fn log_diag_endpoints(http: &crate::config::HttpChannelConfig) {
     if !http.enabled {
         tracing::info!(
