@@ -26,9 +26,6 @@ use crate::sandbox::{
 
 shared_sandbox_tests!(Mode::Subprocess);
 
-/// A variable set in this test process, which the engine process must not receive.
-const SECRET_NAME: &str = "XIAOMAOLV_TEST_SUBPROCESS_SECRET";
-
 async fn run_engine(
     engine: &EngineCommand,
     invoker: Arc<dyn ToolInvoker>,
@@ -193,8 +190,6 @@ impl ToolInvoker for Inspector {
 
 #[tokio::test]
 async fn engine_process_has_empty_environment_and_os_limits() {
-    // SAFETY: no other code reads this variable, and std serialises its own environment access.
-    unsafe { std::env::set_var(SECRET_NAME, "hunter2") };
     let dir = tempfile::tempdir().unwrap();
     let inspector = Arc::new(Inspector {
         dir: dir.path().to_owned(),
@@ -206,11 +201,16 @@ async fn engine_process_has_empty_environment_and_os_limits() {
     assert_eq!(run.result, Ok(json!("inspected")));
 
     let (environ, os_limits) = inspector.seen.lock().unwrap().take().unwrap();
-    assert_eq!(std::env::var(SECRET_NAME).unwrap(), "hunter2");
-    assert!(std::env::vars().count() > 1);
+    assert!(
+        std::env::var_os("PATH").is_some(),
+        "the test process has an environment"
+    );
     let names = variable_names(&environ);
-    assert!(!names.contains(&SECRET_NAME.to_owned()), "{names:?}");
-    assert_eq!(names, Vec::<String>::new());
+    assert_eq!(
+        names,
+        Vec::<String>::new(),
+        "the engine inherits none of it"
+    );
     let address_space = (16 * 1024 * 1024 + ADDRESS_SPACE_OVERHEAD_BYTES).to_string();
     assert_eq!(
         os_limit(&os_limits, "Max address space"),
