@@ -509,3 +509,57 @@ async fn a_native_tool_call_instead_of_a_program_goes_to_the_tool_loop() {
         (0, 0)
     );
 }
+
+/// The same chained program through `POST /v1/messages`, with the engine in a child process: the
+/// child's tool calls come back over the pipe and run against the real servers here.
+#[tokio::test]
+async fn subprocess_mode_serves_a_program_end_to_end() {
+    let fake = FakeOpenAi::start().await;
+    fake.push(program(
+        "const sum = await tools.everything.get_sum({a: 5, b: 6});\n\
+         const [x, y] = await Promise.all([tools.faults.echo({text: 'x'}), tools.faults.echo({text: 'y'})]);\n\
+         console.log('in the child');\n\
+         return {sum, x, y};",
+    ));
+    fake.push(Reply::text("eleven"));
+    let gateway = gateway(&fake, "execution_mode = \"subprocess\"").await;
+
+    let (status, body) = gateway.send(message("s1", "5+6?")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["reply"], "eleven");
+    assert_eq!(body["activity"]["code_mode"]["outcome"], "used");
+    assert_eq!(
+        body["activity"]["code_mode"]["attempt"]["executed_calls"],
+        3
+    );
+    let report = last_report(&fake.requests()[1].body);
+    assert_eq!(report["value"]["x"], "x");
+    assert_eq!(report["value"]["y"], "y");
+    assert!(
+        report["value"]["sum"].to_string().contains("11"),
+        "{report}"
+    );
+    assert_eq!(report["console"], "in the child\n");
+}
+
+#[tokio::test]
+async fn subprocess_mode_falls_back_when_the_program_exhausts_memory() {
+    let fake = FakeOpenAi::start().await;
+    fake.push(program(
+        "const a = []; while (true) { a.push('x'.repeat(4096)); }",
+    ));
+    fake.push(Reply::text("served by the loop"));
+    let gateway = gateway(
+        &fake,
+        "execution_mode = \"subprocess\"\nmemory_limit_mb = 16\nmax_repair_attempts = 0",
+    )
+    .await;
+
+    let (status, body) = gateway.send(message("s1", "bomb")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["reply"], "served by the loop");
+    assert_eq!(
+        body["activity"]["code_mode"]["attempt"]["reason"],
+        "out_of_memory"
+    );
+}
