@@ -13,9 +13,16 @@ use crate::config::Secret;
 
 /// Extracts the token of an `Authorization: Bearer TOKEN` header.
 ///
-/// The scheme is case-insensitive and surrounding or repeated spaces are tolerated.
+/// The scheme is case-insensitive and surrounding or repeated spaces are tolerated. A request with
+/// more than one `Authorization` header has no token, because proxies and servers disagree about
+/// which of them counts.
 pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let value = value.to_str().ok()?.trim();
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)

@@ -275,6 +275,14 @@ async fn bad_input_is_rejected_and_nothing_stored() {
             "session_id",
         ),
         (
+            json!({ "session_id": "ad\u{200b}min", "user_id": "u", "text": "t" }),
+            "session_id",
+        ),
+        (
+            json!({ "session_id": "s", "user_id": "\u{202e}nimda", "text": "t" }),
+            "user_id",
+        ),
+        (
             json!({ "session_id": "s", "user_id": "u", "text": "t", "txt": 1 }),
             "txt",
         ),
@@ -406,6 +414,20 @@ async fn api_token_protects_api_routes_only() {
         assert_eq!(response.status(), 401, "{header:?}");
         assert_eq!(response.headers()["www-authenticate"], "Bearer");
     }
+    let twice = gateway
+        .client
+        .post(&url)
+        .header("authorization", "Bearer wrong")
+        .header("authorization", "Bearer s3cret")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        twice.status(),
+        401,
+        "two Authorization headers are ambiguous"
+    );
     for header in ["Bearer s3cret", "bearer s3cret", "BEARER   s3cret  "] {
         let response = gateway
             .client

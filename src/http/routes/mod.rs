@@ -14,7 +14,8 @@ pub use body::{check_content_type, read_body};
 /// Longest accepted `session_id` or `user_id`, in bytes.
 pub const MAX_ID_BYTES: usize = 256;
 
-/// Checks a session or user id: not empty, at most [`MAX_ID_BYTES`], no control characters.
+/// Checks a session or user id: not empty, at most [`MAX_ID_BYTES`], no control characters, and no
+/// invisible formatting characters that would make two different ids look the same in logs.
 pub fn validate_id(field: &str, value: &str) -> Result<(), ApiError> {
     if value.trim().is_empty() {
         return Err(ApiError::field(
@@ -37,5 +38,29 @@ pub fn validate_id(field: &str, value: &str) -> Result<(), ApiError> {
             format!("`{field}` must not contain control characters"),
         ));
     }
+    if value.chars().any(is_invisible_format) {
+        return Err(ApiError::field(
+            field,
+            format!(
+                "`{field}` must not contain invisible or direction-changing characters such as U+200B or U+202E"
+            ),
+        ));
+    }
     Ok(())
+}
+
+/// Zero-width, direction-override and byte-order-mark characters (Unicode format characters that
+/// render as nothing or reorder the text around them).
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
 }
