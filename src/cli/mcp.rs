@@ -81,9 +81,7 @@ pub fn config_path(explicit: Option<&Path>) -> PathBuf {
 fn read_document(path: &Path, create: bool) -> Result<DocumentMut, McpCliError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
-        Err(err) if create && err.kind() == std::io::ErrorKind::NotFound => {
-            EMBEDDED_DEFAULTS.to_owned()
-        }
+        Err(err) if create && err.kind() == std::io::ErrorKind::NotFound => new_config_text(),
         Err(source) => {
             return Err(McpCliError::Read {
                 path: path.display().to_string(),
@@ -417,4 +415,17 @@ pub async fn test(config: Option<&Path>, name: &str) -> Result<(), CliError> {
     }
     hub.shutdown();
     Ok(())
+}
+
+/// The text of a config file that `mcp add` creates: the embedded defaults under a header that
+/// says where the file came from, in place of the header that describes the embedded copy.
+fn new_config_text() -> String {
+    let body = EMBEDDED_DEFAULTS
+        .split_once('\n')
+        .filter(|(first, _)| first.starts_with('#'))
+        .map_or(EMBEDDED_DEFAULTS, |(_, rest)| rest);
+    format!(
+        "# xiaomaolv config, created by `xiaomaolv mcp add` from the embedded defaults.\n\
+         # Every key is described in config/xiaomaolv.example.toml in the repository.\n{body}"
+    )
 }

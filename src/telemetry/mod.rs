@@ -32,11 +32,12 @@ impl Telemetry {
     }
 }
 
-/// Installs the global `tracing` subscriber, honouring `RUST_LOG` (default `info`).
+/// Installs the global `tracing` subscriber, honouring `RUST_LOG` (default `info`, with the MCP
+/// client library at `warn`: at `info` it logs each server's whole handshake on one line).
 ///
 /// Returns an error when a subscriber is already installed.
 pub fn init_logging(format: LogFormat) -> Result<(), String> {
-    init_logging_at(format, "info")
+    init_logging_at(format, "info,rmcp=warn")
 }
 
 /// Like [`init_logging`], with `default_level` when `RUST_LOG` is unset.

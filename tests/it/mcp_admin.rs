@@ -142,8 +142,24 @@ async fn tool_call_route_runs_the_tool() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["field"], "arguments");
 
-    let (status, _) = call(&gateway, "/v1/mcp/tools/faults/nothing", "{}").await;
+    let (status, body) = call(&gateway, "/v1/mcp/tools/faults/nothing", "{}").await;
     assert_eq!(status, 404);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no tool `nothing`"),
+        "{body}"
+    );
+    let (status, body) = call(&gateway, "/v1/mcp/tools/nowhere/echo", "{}").await;
+    assert_eq!(status, 404);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown MCP server `nowhere`"),
+        "{body}"
+    );
     let (status, _) = call(&gateway, "/v1/mcp/tools/faults/echo", "[1]").await;
     assert_eq!(status, 400);
     assert_eq!(fake.request_count(), 0, "admin calls never reach the model");

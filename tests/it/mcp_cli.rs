@@ -241,3 +241,31 @@ fn edits_keep_permissions_and_follow_symlinks() {
     let mode = std::fs::metadata(&real).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 }
+
+#[test]
+fn add_creates_a_file_that_says_where_it_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new.toml");
+    let config = path.to_str().unwrap();
+    let (code, _, stderr) = run(
+        dir.path(),
+        &[
+            "mcp",
+            "add",
+            "tools",
+            "--config",
+            config,
+            "--",
+            "node",
+            "server.js",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.starts_with("# xiaomaolv config, created by `xiaomaolv mcp add`"),
+        "{text}"
+    );
+    assert!(!text.contains("Embedded defaults"), "{text}");
+    assert!(text.contains("[mcp.servers.tools]"), "{text}");
+}

@@ -55,6 +55,11 @@ pub async fn call(
     body: Body,
 ) -> Result<Json<CallResponse>, ApiError> {
     let hub = state.agent.hub();
+    if hub.server(&server).is_none() {
+        return Err(ApiError::NotFound(format!(
+            "unknown MCP server `{server}`; GET /v1/mcp/servers lists the configured ones"
+        )));
+    }
     let info = hub
         .tools()
         .into_iter()
