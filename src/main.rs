@@ -23,6 +23,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(cli::run(cli))?;
+    let result = runtime.block_on(cli::run(cli));
+    // An in-process code-mode engine abandoned at its deadline may still be spinning on a blocking
+    // thread; the process must not wait for it after the server has stopped.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result?;
     Ok(())
 }

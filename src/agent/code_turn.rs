@@ -86,7 +86,7 @@ impl CodeTurn<'_> {
             drop(ticket);
             return self.fallback_without_attempt(FallbackReason::ProviderError);
         };
-        let Some(planned) = plan(&first) else {
+        let Some(planned) = plan(&first, delivery) else {
             ticket.finish(RunResult::NoProgram);
             if !first.tool_calls.is_empty() {
                 // The model called a tool natively instead of writing a program: the classic
@@ -175,7 +175,8 @@ impl CodeTurn<'_> {
             let Some(next) = self.ask(messages, reply).await else {
                 return Err(FallbackReason::ProviderError);
             };
-            planned = plan(&next).ok_or(FallbackReason::NoRepair)?;
+            planned = plan(&next, self.code_mode.settings().program_delivery)
+                .ok_or(FallbackReason::NoRepair)?;
         }
     }
 
@@ -325,14 +326,19 @@ fn system_position(messages: &[ChatMessage]) -> usize {
         .count()
 }
 
-/// Finds the program in a completion: the `code` of a `run_program` call, else a fenced block.
-fn plan(completion: &Completion) -> Option<Planned> {
+/// Finds the program in a completion: the `code` of a `run_program` call, or with fenced
+/// delivery a fenced js block. With tool delivery a code block in the text is part of a plain
+/// answer (an example, say) and is never run.
+fn plan(completion: &Completion, delivery: ProgramDelivery) -> Option<Planned> {
     if let Some(call) = completion
         .tool_calls
         .iter()
         .find(|c| c.function.name == PROGRAM_TOOL)
     {
         return Some(planned_call(completion, call));
+    }
+    if delivery != ProgramDelivery::Fenced {
+        return None;
     }
     let extracted = extract_program(&completion.content)?;
     Some(Planned {
@@ -423,8 +429,10 @@ fn circuit_result(reports: &[RunReport]) -> RunResult {
     }
 }
 
-/// Collects the calls that succeeded, for the classic loop. A shadow run hands over nothing,
-/// because its calls are safe to repeat and the classic loop serves on its own.
+/// Collects the calls that reached a tool server, for the classic loop: those that succeeded
+/// with their results, and those that failed or never returned with a warning that they may
+/// have taken effect. A shadow run hands over nothing, because its calls are safe to repeat and
+/// the classic loop serves on its own.
 fn completed_calls(reports: &[RunReport], role: RunRole) -> Vec<CallReport> {
     if role != RunRole::Serve {
         return Vec::new();
@@ -432,9 +440,21 @@ fn completed_calls(reports: &[RunReport], role: RunRole) -> Vec<CallReport> {
     reports
         .iter()
         .flat_map(|r| r.calls.iter())
-        .filter(|c| c.ok && c.output.is_some())
+        .filter(|c| c.executed)
         .cloned()
         .collect()
+}
+
+/// The tool result the classic loop sees for a handed-over call.
+fn handover_content(call: &CallReport) -> String {
+    match (&call.output, &call.error) {
+        (Some(output), _) if call.ok => output.clone(),
+        (_, Some(error)) => format!(
+            "This call was sent to the tool server but did not complete normally: {error}. \
+             It may have taken effect, so check before calling it again."
+        ),
+        _ => "This call was sent to the tool server; its outcome is unknown.".to_owned(),
+    }
 }
 
 /// Builds the messages that show the classic loop what code mode already did: one assistant
@@ -455,7 +475,7 @@ pub fn handover_messages(catalog: &ToolCatalog, handover: &[CallReport]) -> Vec<
                 arguments: ToolArguments::Json(call.arguments.clone()),
             },
         });
-        results.push(tool_result(&id, call.output.clone().unwrap_or_default()));
+        results.push(tool_result(&id, handover_content(call)));
     }
     if calls.is_empty() {
         return Vec::new();

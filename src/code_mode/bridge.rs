@@ -91,10 +91,19 @@ pub enum BridgeBudget {
 
 struct BridgeState {
     requested: u32,
+    /// Calls past [`MAX_REJECTED_RECORDS`] rejections that were refused without a record.
+    unrecorded: u64,
     result_chars_left: usize,
     calls: Vec<CallReport>,
     exceeded: Option<BridgeBudget>,
 }
+
+/// Rejected calls recorded per run. A program can loop on calls that are rejected at once, so
+/// without a cap its records would grow without bound and flood the report, the reply and the
+/// store; later rejections are only counted.
+const MAX_REJECTED_RECORDS: usize = 16;
+/// Characters of a call's arguments kept in its record; the tool itself gets them whole.
+const MAX_RECORDED_ARGUMENT_CHARS: usize = 2_000;
 
 /// The bridge of one run.
 pub struct Bridge {
@@ -127,6 +136,7 @@ impl Bridge {
             slots: Semaphore::new(limits.max_parallel.max(1) as usize),
             state: Mutex::new(BridgeState {
                 requested: 0,
+                unrecorded: 0,
                 result_chars_left: limits.max_result_chars,
                 calls: Vec::new(),
                 exceeded: None,
@@ -152,7 +162,7 @@ impl Bridge {
             return Err(format!("no tool has binding {index}"));
         };
         let arguments = serde_json::from_str::<Value>(arguments_json).unwrap_or(Value::Null);
-        let slot = self.start(tool, arguments.clone())?;
+        let slot = self.start(tool, &arguments)?;
         let Ok(_permit) = self.slots.acquire().await else {
             return Err("the run is over".to_owned());
         };
@@ -173,10 +183,41 @@ impl Bridge {
     }
 
     /// Checks the call before it runs and records it; returns its index in the call list.
-    fn start(&self, tool: &ToolInfo, arguments: Value) -> Result<usize, String> {
+    fn start(&self, tool: &ToolInfo, arguments: &Value) -> Result<usize, String> {
         let mut state = self.state.lock().expect("bridge state lock");
-        state.requested += 1;
-        let mut report = CallReport {
+        state.requested = state.requested.saturating_add(1);
+        if let Some(message) = self.rejection(&state, tool, arguments) {
+            if state.requested > self.limits.max_calls {
+                state.exceeded = Some(BridgeBudget::MaxCalls);
+            }
+            let rejected = state
+                .calls
+                .iter()
+                .filter(|c| !c.executed && !c.pending)
+                .count();
+            if rejected >= MAX_REJECTED_RECORDS {
+                state.unrecorded += 1;
+                return Err(message);
+            }
+            let mut report = Self::record(tool, arguments);
+            report.error = Some(message.clone());
+            state.calls.push(report);
+            return Err(message);
+        }
+        let mut report = Self::record(tool, arguments);
+        report.pending = true;
+        state.calls.push(report);
+        Ok(state.calls.len() - 1)
+    }
+
+    fn record(tool: &ToolInfo, arguments: &Value) -> CallReport {
+        let text = arguments.to_string();
+        let arguments = if text.chars().count() > MAX_RECORDED_ARGUMENT_CHARS {
+            Value::String(truncate_chars(&text, MAX_RECORDED_ARGUMENT_CHARS).text)
+        } else {
+            arguments.clone()
+        };
+        CallReport {
             server: tool.server.clone(),
             tool: tool.name.clone(),
             arguments,
@@ -189,19 +230,7 @@ impl Bridge {
             pending: false,
             output: None,
             tool_error: false,
-        };
-        let rejection = self.rejection(&state, tool, &report.arguments);
-        if let Some(message) = rejection {
-            if state.requested > self.limits.max_calls {
-                state.exceeded = Some(BridgeBudget::MaxCalls);
-            }
-            report.error = Some(message.clone());
-            state.calls.push(report);
-            return Err(message);
         }
-        report.pending = true;
-        state.calls.push(report);
-        Ok(state.calls.len() - 1)
     }
 
     fn rejection(&self, state: &BridgeState, tool: &ToolInfo, arguments: &Value) -> Option<String> {
@@ -290,6 +319,12 @@ impl Bridge {
             } else {
                 "the program returned without waiting for this call".to_owned()
             });
+        }
+        if state.unrecorded > 0 {
+            tracing::info!(
+                unrecorded = state.unrecorded,
+                "Program kept calling tools after rejections; the extra calls were not recorded"
+            );
         }
         BridgeSummary {
             calls: state.calls.clone(),

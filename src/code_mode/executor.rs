@@ -223,7 +223,9 @@ impl Executor {
             tokio::time::timeout_at(run_deadline, self.engines.clone().acquire_owned()).await
         else {
             tracing::warn!("Every code-mode engine stayed busy until the run's deadline");
-            return RunReport::not_started(ProgramFailure::Timeout);
+            return RunReport::not_started(ProgramFailure::Engine(
+                "no engine was free before the run's deadline; the program did not run".to_owned(),
+            ));
         };
         let runtime = run_deadline.saturating_duration_since(Instant::now());
         let bridge = Arc::new(Bridge::new(

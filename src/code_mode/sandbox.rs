@@ -220,13 +220,10 @@ fn start<'js>(
 /// (the interrupt handler) and for failures while setting up.
 fn caught(err: &CaughtError<'_>) -> ProgramFailure {
     let text = err.to_string();
-    if text.contains("out of memory") {
-        return ProgramFailure::OutOfMemory;
+    match budget_exception(&text) {
+        Some(failure) => failure,
+        None => ProgramFailure::Engine(text),
     }
-    if text.contains("interrupted") {
-        return ProgramFailure::Timeout;
-    }
-    ProgramFailure::Engine(text)
 }
 
 #[derive(serde::Deserialize)]
@@ -252,16 +249,21 @@ fn parse_envelope(text: String) -> Result<Value, ProgramFailure> {
     }
 }
 
-/// QuickJS reports exhausted budgets as ordinary exceptions; the message tells them apart.
+/// Tells exhausted budgets apart from the program's own errors. QuickJS reports them as
+/// `InternalError`s with fixed messages, which a tool error (always an `Error`) cannot imitate.
 fn classify_thrown(message: String) -> ProgramFailure {
-    if message.contains("out of memory") {
-        ProgramFailure::OutOfMemory
-    } else if message.contains("stack overflow") || message.contains("call stack size") {
-        ProgramFailure::StackOverflow
-    } else if message.contains("interrupted") {
-        ProgramFailure::Timeout
-    } else {
-        ProgramFailure::Thrown(message)
+    budget_exception(&message).unwrap_or(ProgramFailure::Thrown(message))
+}
+
+fn budget_exception(message: &str) -> Option<ProgramFailure> {
+    let first_line = message.lines().next().unwrap_or_default().trim();
+    match first_line {
+        "InternalError: out of memory" => Some(ProgramFailure::OutOfMemory),
+        "InternalError: stack overflow" | "RangeError: Maximum call stack size exceeded" => {
+            Some(ProgramFailure::StackOverflow)
+        }
+        "InternalError: interrupted" => Some(ProgramFailure::Timeout),
+        _ => None,
     }
 }
 

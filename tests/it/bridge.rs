@@ -252,3 +252,23 @@ async fn shadow_runs_refuse_tools_that_are_not_safe_to_repeat() {
     assert_eq!(rendered["calls"][1]["tool"], "faults.add");
     assert_eq!(rendered["calls"][1]["ok"], false);
 }
+
+#[tokio::test]
+async fn a_loop_of_rejected_calls_keeps_a_bounded_record() {
+    let harness = Harness::start().await;
+    let code = "let refused = 0;\n\
+                for (let i = 0; i < 5000; i++) {\n\
+                  try { await tools.faults.echo({nope: 'x'.repeat(5000)}); } catch (e) { refused++; }\n\
+                }\n\
+                return refused;";
+    let report = harness.run(settings(), code, false).await;
+    assert_eq!(report.result, Ok(serde_json::json!(5000)));
+    assert_eq!(report.executed_calls(), 0);
+    assert!(report.calls.len() <= 16, "{} records", report.calls.len());
+    let arguments = report.calls[0].arguments.to_string();
+    assert!(
+        arguments.chars().count() < 2_100,
+        "{} characters",
+        arguments.len()
+    );
+}

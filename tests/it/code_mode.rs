@@ -563,3 +563,20 @@ async fn subprocess_mode_falls_back_when_the_program_exhausts_memory() {
         "out_of_memory"
     );
 }
+
+/// With tool delivery, a code block in a text reply is an example in a plain answer, not a
+/// program: it is never run.
+#[tokio::test]
+async fn a_code_block_in_a_text_reply_is_not_run_with_tool_delivery() {
+    let fake = FakeOpenAi::start().await;
+    let answer = "Here is how you could do it, but I will not run it:\n```js\nawait tools.faults.crash({code: 7});\n```";
+    fake.push(Reply::text(answer));
+    let gateway = gateway(&fake, "").await;
+
+    let (status, body) = gateway.send(message("s1", "show me")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["reply"], answer);
+    assert_eq!(body["activity"]["code_mode"]["outcome"], "direct_answer");
+    assert_eq!(body["tool_calls"], serde_json::json!([]));
+    assert_eq!(fake.request_count(), 1);
+}
