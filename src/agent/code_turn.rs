@@ -300,6 +300,11 @@ impl CodeTurn<'_> {
             fallback: reason.is_some(),
             reason,
             runs: attempt.reports.len() as u32,
+            run_failures: attempt
+                .reports
+                .iter()
+                .filter_map(RunReport::failure)
+                .collect(),
             planned_calls: calls.clone().count() as u32,
             executed_calls: count(|c| c.executed),
             failed_calls: count(|c| !c.ok),

@@ -99,6 +99,15 @@ pub enum Planner {
     Fenced,
 }
 
+impl Planner {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tool => "tool",
+            Self::Fenced => "fenced",
+        }
+    }
+}
+
 /// The role of a run. A closed set: it labels metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -139,6 +148,8 @@ pub struct AuditRecord {
     pub reason: Option<FallbackReason>,
     /// Program runs: the first plus one per repair.
     pub runs: u32,
+    /// Why each failed run failed, in order; the last one is `reason` unless a repair worked.
+    pub run_failures: Vec<FallbackReason>,
     /// Tool calls the programs asked for, including rejected ones.
     pub planned_calls: u32,
     /// Tool calls sent to a server.
@@ -290,8 +301,8 @@ impl AuditLog {
 pub fn log(record: &AuditRecord) {
     tracing::info!(
         turn_id = %record.turn_id,
-        planner = ?record.planner,
-        role = ?record.role,
+        planner = record.planner.as_str(),
+        role = record.role.as_str(),
         used = record.used,
         fallback = record.fallback,
         reason = record.reason.map(FallbackReason::as_str),

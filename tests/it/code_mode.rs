@@ -206,6 +206,10 @@ async fn a_program_that_fails_twice_falls_back_to_the_tool_loop_with_completed_c
     assert_eq!(code_mode["outcome"], "fallback");
     assert_eq!(code_mode["attempt"]["reason"], "runtime_error");
     assert_eq!(code_mode["attempt"]["runs"], 2);
+    assert_eq!(
+        code_mode["attempt"]["run_failures"],
+        json!(["runtime_error", "runtime_error"])
+    );
 
     let requests = fake.requests();
     assert_eq!(requests.len(), 3);
