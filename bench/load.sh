@@ -17,6 +17,7 @@
 #   BENCH_WARMUP_S     closed-loop warm-up per series, in seconds (default 5)
 #   BENCH_DURATION_S   measured window per series, in seconds (default 20)
 #   BENCH_RATES        open-loop rates in requests/s (default "30 500 2000")
+#   BENCH_SERIES       which series to run: "closed", "open" or both (default "closed open")
 #   BENCH_GATEWAY_PORT loopback port of the gateway (default 18090)
 #   BENCH_FAKE_PORT    loopback port of the fake model (default 18091)
 #   BENCH_WORK_DIR     scratch directory, emptied at start (default /tmp/xiaomaolv-bench)
@@ -31,6 +32,7 @@ repeats=${BENCH_REPEATS:-2}
 warmup_s=${BENCH_WARMUP_S:-5}
 duration_s=${BENCH_DURATION_S:-20}
 rates=${BENCH_RATES:-"30 500 2000"}
+series=${BENCH_SERIES:-"closed open"}
 gateway_port=${BENCH_GATEWAY_PORT:-18090}
 fake_port=${BENCH_FAKE_PORT:-18091}
 work_dir=${BENCH_WORK_DIR:-/tmp/xiaomaolv-bench}
@@ -167,7 +169,8 @@ fake_worker_pid() {
 # children (fields 14 to 17 of /proc/PID/stat).
 snapshot_process_ticks() {
     # cat skips processes that exit while it reads, where awk would stop at the missing file.
-    cat /proc/[0-9]*/stat 2>/dev/null |
+    # It then exits with status 1, which must not end the script under pipefail.
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } |
         awk '{ pid = $1; sub(/^.*\) /, ""); print pid, $12 + $13 + $14 + $15 }' >"$1"
 }
 
@@ -293,6 +296,13 @@ open_series() {
 
 run_repeat() {
     local repeat=$1
+    [[ " $series " == *" closed "* ]] && run_closed_series "$repeat"
+    [[ " $series " == *" open "* ]] && run_open_series "$repeat"
+    return 0
+}
+
+run_closed_series() {
+    local repeat=$1
     for connections in 16 64; do
         closed_series "$repeat" fake direct "$connections" \
             "$fake_url/v1/chat/completions" "$bench_dir/chat.lua"
@@ -305,6 +315,10 @@ run_repeat() {
         closed_series "$repeat" gateway single "$connections" \
             "$gateway_url/v1/messages" "$bench_dir/messages.lua" single
     done
+}
+
+run_open_series() {
+    local repeat=$1
     for rate in $rates; do
         open_series "$repeat" fake "$rate"
         open_series "$repeat" gateway "$rate"

@@ -56,7 +56,7 @@ pub enum LogFormat {
 pub struct RawStore {
     /// `sqlite://PATH` (created when missing) or `sqlite::memory:`. Default `sqlite://xiaomaolv.db`.
     pub url: Option<String>,
-    /// Connections in the pool. Default 8.
+    /// Read-only connections kept open for reads. Writes use one more connection. Default 8.
     pub max_connections: Option<u32>,
     /// How long a write waits for a locked database before failing. Default 5000 ms.
     pub busy_timeout_ms: Option<u64>,

@@ -19,14 +19,31 @@ use crate::provider::wire::{Role, Usage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The URL is invalid, or the migration connection failed.
     #[error("cannot open store {url}: {source}")]
     Open { url: String, source: sqlx::Error },
+    #[error("cannot open store {url}: {source}")]
+    Connect {
+        url: String,
+        source: rusqlite::Error,
+    },
+    #[error("cannot start a store thread: {0}")]
+    Spawn(std::io::Error),
     #[error("store migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Shared, because a failed commit fails every turn of its batch with the same error.
     #[error("store query failed: {0}")]
-    Query(#[from] sqlx::Error),
+    Query(#[source] Arc<rusqlite::Error>),
+    #[error("the store's database thread has stopped")]
+    Stopped,
     #[error("stored row is invalid: {0}")]
     Corrupt(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(err: rusqlite::Error) -> Self {
+        Self::Query(Arc::new(err))
+    }
 }
 
 /// A message to store as part of a turn.
@@ -91,7 +108,7 @@ pub trait HistoryStore: Send + Sync + 'static {
         session_id: &str,
     ) -> Result<Option<Vec<StoredMessage>>, StoreError>;
 
-    /// Creates the session if needed and appends the turn's messages, all in one transaction.
+    /// Creates the session if needed and appends the turn's rows atomically: all of them or none.
     async fn save_turn(&self, turn: &NewTurn) -> Result<(), StoreError>;
 
     /// Runs a trivial query to check that the store is reachable.

@@ -1,7 +1,9 @@
-//! The SQLite history store: atomic turns, ordering, limits, unknown usage, concurrency.
+//! The SQLite history store: atomic turns, ordering, limits, unknown usage, concurrency, and
+//! turns saved together by the writer (group commit).
 
 use std::sync::Arc;
 
+use xiaomaolv::agent::{ToolCallOrigin, ToolCallRecord, ToolCallStatus};
 use xiaomaolv::config::StoreConfig;
 use xiaomaolv::provider::wire::{Role, Usage};
 use xiaomaolv::store::{HistoryStore, NewMessage, NewTurn, SqliteStore};
@@ -102,12 +104,8 @@ async fn unknown_session_is_none_and_empty() {
     );
 }
 
-#[tokio::test]
-async fn failed_turn_writes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
-    // A trigger makes the assistant message fail after the session row and the user message
-    // were inserted in the same transaction; all of it must roll back.
+/// Makes every insert of a message with content `boom` fail, through a second connection.
+async fn reject_boom(dir: &tempfile::TempDir) {
     let url = format!("sqlite://{}", dir.path().join("history.db").display());
     let mut raw = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
         .await
@@ -119,6 +117,15 @@ async fn failed_turn_writes_nothing() {
     .execute(&mut raw)
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn failed_turn_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    // The trigger makes the assistant message fail after the session row and the user message
+    // were inserted in the same transaction. All of it must roll back.
+    reject_boom(&dir).await;
 
     let result = store
         .save_turn(&turn("s1", "t1", "hello", "boom", None))
@@ -191,4 +198,142 @@ async fn in_memory_store_reads_its_writes() {
         2
     );
     assert_eq!(store.recent_messages("s1", 10).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn concurrent_sessions_keep_turn_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    // Each session saves its turns one after another, as the session lock makes the agent do,
+    // while all sessions run at once, so the writer gets batches that mix sessions.
+    let sessions = (0..40).map(|s| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for t in 0..10 {
+                let session = format!("s{s}");
+                let (question, answer) = (format!("q{t}"), format!("a{t}"));
+                let turn = turn(&session, &format!("s{s}-t{t}"), &question, &answer, None);
+                store.save_turn(&turn).await.unwrap();
+            }
+        })
+    });
+    for session in futures_util::future::join_all(sessions).await {
+        session.unwrap();
+    }
+    for s in 0..40 {
+        let messages = store
+            .session_messages(&format!("s{s}"))
+            .await
+            .unwrap()
+            .unwrap();
+        let contents: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
+        let expected: Vec<String> = (0..10)
+            .flat_map(|t| [format!("q{t}"), format!("a{t}")])
+            .collect();
+        assert_eq!(contents, expected, "session s{s}");
+    }
+}
+
+#[tokio::test]
+async fn failing_turn_loses_no_other_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    reject_boom(&dir).await;
+    // Every fifth turn fails. All are sent at once, so failing and good turns share batches.
+    let saves = (0..60).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let reply = if i % 5 == 0 { "boom" } else { "fine" };
+            let turn = turn(&format!("s{i}"), &format!("t{i}"), "q", reply, None);
+            store.save_turn(&turn).await
+        })
+    });
+    let outcomes = futures_util::future::join_all(saves).await;
+
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        let outcome = outcome.unwrap();
+        let stored = store.session_messages(&format!("s{i}")).await.unwrap();
+        if i % 5 == 0 {
+            let error = outcome.unwrap_err().to_string();
+            assert!(
+                error.contains("rejected by test trigger"),
+                "turn {i}: {error}"
+            );
+            assert!(stored.is_none(), "turn {i} left its session row behind");
+        } else {
+            assert!(outcome.is_ok(), "turn {i}: {outcome:?}");
+            assert_eq!(stored.unwrap().len(), 2, "turn {i}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn tool_calls_and_code_mode_record_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let call = |name: &str, status, origin| ToolCallRecord {
+        name: name.to_owned(),
+        server: Some("files".to_owned()),
+        tool: Some(name.to_owned()),
+        arguments: serde_json::json!({"path": "/tmp/a"}),
+        status,
+        error: (status == ToolCallStatus::Failed).then(|| "timed out".to_owned()),
+        duration_ms: 12,
+        truncated: origin == ToolCallOrigin::CodeMode,
+        origin,
+    };
+    let mut first = turn("s1", "t1", "read it", "done", None);
+    first.tool_calls = vec![
+        call("read", ToolCallStatus::Ok, ToolCallOrigin::CodeMode),
+        call("stat", ToolCallStatus::Failed, ToolCallOrigin::ToolLoop),
+    ];
+    first.code_mode = Some(serde_json::json!({"used": true, "calls": 1}));
+    store.save_turn(&first).await.unwrap();
+    store
+        .save_turn(&turn("s1", "t2", "thanks", "welcome", None))
+        .await
+        .unwrap();
+
+    let messages = store.session_messages("s1").await.unwrap().unwrap();
+    assert_eq!(messages.len(), 4);
+    assert_eq!(messages[1].tool_calls, first.tool_calls);
+    assert_eq!(messages[1].code_mode, first.code_mode);
+    assert!(messages[0].tool_calls.is_empty(), "user message");
+    assert!(messages[3].tool_calls.is_empty(), "a later turn");
+    assert_eq!(messages[3].code_mode, None);
+}
+
+#[tokio::test]
+async fn reads_never_see_half_a_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for t in 0..100 {
+                let turn = turn("s1", &format!("t{t}"), "q", "a", None);
+                store.save_turn(&turn).await.unwrap();
+            }
+        })
+    };
+    // Reads on several tasks at once borrow several pooled connections while turns commit.
+    let readers = (0..4).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for _ in 0..100 {
+                let recent = store.recent_messages("s1", 1000).await.unwrap();
+                assert_eq!(
+                    recent.len() % 2,
+                    0,
+                    "a turn is visible with all its messages"
+                );
+                tokio::task::yield_now().await;
+            }
+        })
+    });
+    for reader in futures_util::future::join_all(readers).await {
+        reader.unwrap();
+    }
+    writer.await.unwrap();
+    assert_eq!(store.recent_messages("s1", 1000).await.unwrap().len(), 200);
 }

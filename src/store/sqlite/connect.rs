@@ -1,0 +1,183 @@
+//! Opening the database: the URL, the connection settings and the migrations.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+use sqlx::ConnectOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+
+use crate::store::StoreError;
+
+/// Largest write-ahead log kept on disk after a checkpoint, in bytes.
+const JOURNAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
+
+/// Log size in pages at which the writer checkpoints by itself, about 40 MB with 4 KiB pages.
+/// Under steady writes the checkpointer thread copies most pages but cannot finish, because the
+/// writer keeps committing while it works, and only a finished checkpoint lets the next commit
+/// start the log again from its beginning. The writer's own checkpoint then copies the few pages
+/// left, finishes, and so bounds the log.
+const WRITER_CHECKPOINT_PAGES: i64 = 10_000;
+
+/// Capacity of each connection's prepared-statement cache, more than the store's statements.
+const STATEMENT_CACHE_CAPACITY: usize = 32;
+
+/// Gives each in-memory store its own database.
+static MEMORY_DATABASES: AtomicU64 = AtomicU64::new(0);
+
+/// Location of the database, parsed from the store URL.
+#[derive(Debug, Clone)]
+pub(super) enum Location {
+    File {
+        url: String,
+        path: PathBuf,
+    },
+    /// A named in-memory database in shared-cache mode, so the migration connection and the
+    /// writer connection of this process see the same database.
+    Memory {
+        url: String,
+        name: String,
+    },
+}
+
+impl Location {
+    /// Parses `sqlite://PATH`, `sqlite:PATH` or `sqlite::memory:`, with sqlx's URL rules.
+    pub(super) fn parse(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url).map_err(|source| StoreError::Open {
+            url: url.to_owned(),
+            source,
+        })?;
+        let url = url.to_owned();
+        if is_memory(&url) {
+            let id = MEMORY_DATABASES.fetch_add(1, Ordering::Relaxed);
+            let name = format!("file:xiaomaolv-memory-{}-{id}", std::process::id());
+            return Ok(Self::Memory { url, name });
+        }
+        let path = options.get_filename().to_path_buf();
+        Ok(Self::File { url, path })
+    }
+
+    fn url(&self) -> &str {
+        match self {
+            Self::File { url, .. } | Self::Memory { url, .. } => url,
+        }
+    }
+
+    /// Wraps an error that stopped the store from opening.
+    pub(super) fn error(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Connect {
+            url: self.url().to_owned(),
+            source,
+        }
+    }
+
+    fn open(&self, flags: OpenFlags) -> Result<Connection, StoreError> {
+        let connection = match self {
+            Self::File { path, .. } => Connection::open_with_flags(path, flags),
+            Self::Memory { name, .. } => Connection::open_with_flags(
+                name,
+                flags | OpenFlags::SQLITE_OPEN_MEMORY | OpenFlags::SQLITE_OPEN_SHARED_CACHE,
+            ),
+        };
+        connection.map_err(|err| self.error(err))
+    }
+}
+
+/// Returns whether the URL names an in-memory database (`:memory:` or `mode=memory`).
+fn is_memory(url: &str) -> bool {
+    let rest = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let (database, params) = rest.split_once('?').unwrap_or((rest, ""));
+    database == ":memory:" || params.split('&').any(|param| param == "mode=memory")
+}
+
+/// Opens the read-write connection, creating the database file when it is missing.
+pub(super) fn writer(
+    location: &Location,
+    busy_timeout: Duration,
+) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let connection = location.open(flags)?;
+    configure(&connection, busy_timeout).map_err(|err| location.error(err))?;
+    write_settings(&connection).map_err(|err| location.error(err))?;
+    Ok(connection)
+}
+
+fn write_settings(connection: &Connection) -> rusqlite::Result<()> {
+    // The journal mode is stored in the file. An in-memory database keeps its own mode.
+    connection.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
+    connection.pragma_update(None, "synchronous", "NORMAL")?;
+    connection.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT_BYTES)?;
+    connection.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
+}
+
+/// Opens the checkpointer's read-write connection to the existing database file.
+pub(super) fn checkpointer(
+    location: &Location,
+    busy_timeout: Duration,
+) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let connection = location.open(flags)?;
+    configure(&connection, busy_timeout).map_err(|err| location.error(err))?;
+    connection
+        .pragma_update(None, "synchronous", "NORMAL")
+        .map_err(|err| location.error(err))?;
+    Ok(connection)
+}
+
+/// Opens a read-only connection to an existing database file.
+pub(super) fn reader(
+    location: &Location,
+    busy_timeout: Duration,
+) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let connection = location.open(flags)?;
+    configure(&connection, busy_timeout).map_err(|err| location.error(err))?;
+    Ok(connection)
+}
+
+fn configure(connection: &Connection, busy_timeout: Duration) -> rusqlite::Result<()> {
+    connection.busy_timeout(busy_timeout)?;
+    connection.pragma_update(None, "foreign_keys", true)?;
+    connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+    Ok(())
+}
+
+/// Applies the embedded migrations on a short-lived sqlx connection.
+pub(super) async fn migrate(location: &Location, busy_timeout: Duration) -> Result<(), StoreError> {
+    let options = match location {
+        Location::File { path, .. } => SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal),
+        Location::Memory { name, .. } => SqliteConnectOptions::new()
+            .filename(name)
+            .in_memory(true)
+            .shared_cache(true),
+    };
+    let options = options
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(busy_timeout)
+        .foreign_keys(true);
+    let open_error = |source| StoreError::Open {
+        url: location.url().to_owned(),
+        source,
+    };
+    let mut connection = options.connect().await.map_err(open_error)?;
+    sqlx::migrate!("./migrations/sqlite")
+        .run(&mut connection)
+        .await?;
+    sqlx::Connection::close(connection)
+        .await
+        .map_err(open_error)
+}

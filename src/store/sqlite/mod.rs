@@ -1,0 +1,173 @@
+//! SQLite history store: one file in WAL mode, migrations embedded in the binary.
+//!
+//! The store runs SQLite through rusqlite. Writes go to one writer thread, which commits the
+//! turns waiting for it in one transaction ([`writer`]). A save is one hand-off to that thread and
+//! one reply back, whatever the number of statements. Reads run on the calling thread with a
+//! pooled read-only connection ([`reader`]), and a checkpointer thread keeps the write-ahead log
+//! short ([`checkpoint`]). Statements are prepared once per connection.
+//!
+//! sqlx ran every statement as a round trip to a per-connection worker thread, and those
+//! hand-offs and the thread wake-ups around them cost more than SQLite itself. It remains only
+//! for the embedded migrations, so existing databases keep their migration history.
+
+mod checkpoint;
+mod connect;
+mod reader;
+mod writer;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use super::{HistoryStore, NewTurn, StoreError, StoredMessage};
+use crate::config::StoreConfig;
+use connect::Location;
+use reader::{ReadJob, ReadPool};
+use writer::{Command, SaveJob};
+
+/// SQLite history with one writer thread and a pool of read connections.
+///
+/// SQLite allows one writer at a time, so all writes go through the single writer connection,
+/// which also batches them. Reads run on the calling thread on read-only connections, in
+/// parallel under WAL. An in-memory database exists only inside its connections, so there the
+/// writer thread serves reads too.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: flume::Sender<Command>,
+    /// `None` for an in-memory database.
+    readers: Option<Arc<ReadPool>>,
+}
+
+impl SqliteStore {
+    /// Opens or creates the database, applies pending migrations and starts the threads.
+    pub async fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        let location = Location::parse(&config.url)?;
+        let busy_timeout = config.busy_timeout();
+        let writer = {
+            let location = location.clone();
+            blocking(move || connect::writer(&location, busy_timeout)).await?
+        };
+        // The writer connection is already open, so an in-memory database lives on while the
+        // migration connection comes and goes.
+        connect::migrate(&location, busy_timeout).await?;
+        let (write_tx, write_rx) = flume::unbounded();
+        let (checkpoints, readers) = match location {
+            Location::Memory { .. } => (None, None),
+            Location::File { .. } => (
+                Some(start_checkpointer(&location, busy_timeout).await?),
+                Some(open_readers(location, config).await?),
+            ),
+        };
+        writer::spawn(writer, write_rx, checkpoints).map_err(StoreError::Spawn)?;
+        Ok(Self {
+            writer: write_tx,
+            readers,
+        })
+    }
+
+    /// Runs `query` on a read connection of the calling thread, or on the writer thread for an
+    /// in-memory database.
+    async fn read<T, F>(&self, query: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        if let Some(readers) = &self.readers {
+            return readers.run(query);
+        }
+        let (reply, result) = oneshot::channel();
+        let job: ReadJob = Box::new(move |connection| {
+            let _ = reply.send(query(connection));
+        });
+        self.writer
+            .send(Command::Read(job))
+            .map_err(|_| StoreError::Stopped)?;
+        result.await.map_err(|_| StoreError::Stopped)?
+    }
+}
+
+/// Opens the first read connection now, so a broken database fails at startup. The pool opens
+/// the others when reads overlap.
+async fn open_readers(
+    location: Location,
+    config: &StoreConfig,
+) -> Result<Arc<ReadPool>, StoreError> {
+    let pool = ReadPool::new(
+        location,
+        config.busy_timeout(),
+        config.max_connections as usize,
+    );
+    let pool = Arc::new(pool);
+    let opened = Arc::clone(&pool);
+    blocking(move || opened.run(|_| Ok(()))).await?;
+    Ok(pool)
+}
+
+async fn start_checkpointer(
+    location: &Location,
+    busy_timeout: std::time::Duration,
+) -> Result<flume::Sender<()>, StoreError> {
+    let location = location.clone();
+    let connection = blocking(move || connect::checkpointer(&location, busy_timeout)).await?;
+    // One pending request is enough, because commits during a checkpoint share the next one.
+    let (nudge_tx, nudge_rx) = flume::bounded(1);
+    checkpoint::spawn(connection, nudge_rx).map_err(StoreError::Spawn)?;
+    Ok(nudge_tx)
+}
+
+/// Runs blocking setup work, such as opening a database file, off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|_| StoreError::Stopped)?
+}
+
+#[async_trait]
+impl HistoryStore for SqliteStore {
+    async fn recent_messages(
+        &self,
+        session_id: &str,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let session_id = session_id.to_owned();
+        self.read(move |connection| reader::recent_messages(connection, &session_id, limit))
+            .await
+    }
+
+    async fn session_messages(
+        &self,
+        session_id: &str,
+    ) -> Result<Option<Vec<StoredMessage>>, StoreError> {
+        let session_id = session_id.to_owned();
+        let query =
+            move |connection: &mut Connection| reader::session_messages(connection, &session_id);
+        match &self.readers {
+            // A whole session can be long, so it is read off the async workers.
+            Some(readers) => {
+                let readers = Arc::clone(readers);
+                blocking(move || readers.run(query)).await
+            }
+            None => self.read(query).await,
+        }
+    }
+
+    async fn save_turn(&self, turn: &NewTurn) -> Result<(), StoreError> {
+        let (reply, result) = oneshot::channel();
+        let job = SaveJob {
+            turn: turn.clone(),
+            reply,
+        };
+        self.writer
+            .send(Command::Save(job))
+            .map_err(|_| StoreError::Stopped)?;
+        result.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|connection| reader::ping(connection)).await
+    }
+}

@@ -1,0 +1,229 @@
+//! The read queries and the pool of read-only connections they run on.
+//!
+//! Under WAL, reads on these connections run in parallel with each other and with the writer.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::types::Type;
+use rusqlite::{Connection, Row, params};
+
+use super::connect::{self, Location};
+use crate::agent::ToolCallRecord;
+use crate::provider::wire::Role;
+use crate::store::{
+    StoreError, StoredMessage, origin_from_str, role_from_str, status_from_str, usage_from_columns,
+};
+
+/// A read to run on a connection. It sends its own result back to the caller.
+pub(super) type ReadJob = Box<dyn FnOnce(&mut Connection) + Send>;
+
+// `message_from_row` reads these columns by position, in this order.
+const RECENT_MESSAGES: &str = "SELECT id, turn_id, role, content, user_id, created_at_ms, \
+     provider, model, finish_reason, prompt_tokens, completion_tokens, total_tokens \
+     FROM messages WHERE session_id = ?1 ORDER BY id DESC LIMIT ?2";
+
+const SESSION_MESSAGES: &str = "SELECT id, turn_id, role, content, user_id, created_at_ms, \
+     provider, model, finish_reason, prompt_tokens, completion_tokens, total_tokens \
+     FROM messages WHERE session_id = ?1 ORDER BY id";
+
+// `tool_call_from_row` reads these columns by position, in this order.
+const SESSION_TOOL_CALLS: &str = "SELECT turn_id, name, server, tool, arguments, status, error, \
+     duration_ms, truncated, origin FROM tool_calls WHERE session_id = ?1 ORDER BY turn_id, seq";
+
+const SESSION_ATTEMPTS: &str =
+    "SELECT turn_id, record FROM code_mode_attempts WHERE session_id = ?1 ORDER BY id";
+
+/// Read-only connections that reads borrow on the calling thread.
+///
+/// A history read takes tens of microseconds from the page cache, less than handing it to
+/// another thread and waking the caller again, so it runs on the async worker that requests it.
+/// A worker holds a connection only while its query runs and never across an await, so the pool
+/// needs about one connection per worker thread.
+#[derive(Debug)]
+pub(super) struct ReadPool {
+    location: Location,
+    busy_timeout: Duration,
+    idle: Mutex<Vec<Connection>>,
+    max_idle: usize,
+}
+
+impl ReadPool {
+    pub(super) fn new(location: Location, busy_timeout: Duration, max_idle: usize) -> Self {
+        Self {
+            location,
+            busy_timeout,
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+        }
+    }
+
+    /// Runs `query` on an idle connection, or on a new one when all are in use.
+    ///
+    /// NOTE: this blocks the calling thread for the query. Under WAL a read does not wait for the
+    /// writer, but SQLite's busy handler can still sleep up to the busy timeout in rare cases,
+    /// such as while another process recovers the log after a crash.
+    pub(super) fn run<T>(
+        &self,
+        query: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let idle = self.idle.lock().expect("read pool poisoned").pop();
+        let mut connection = match idle {
+            Some(connection) => connection,
+            None => connect::reader(&self.location, self.busy_timeout)?,
+        };
+        let result = query(&mut connection);
+        let mut idle = self.idle.lock().expect("read pool poisoned");
+        if idle.len() < self.max_idle {
+            idle.push(connection);
+        }
+        result
+    }
+}
+
+/// Returns the last `limit` messages of a session, oldest first.
+pub(super) fn recent_messages(
+    connection: &Connection,
+    session_id: &str,
+    limit: u32,
+) -> Result<Vec<StoredMessage>, StoreError> {
+    let mut statement = connection.prepare_cached(RECENT_MESSAGES)?;
+    let mut messages = collect(
+        statement.query(params![session_id, limit])?,
+        message_from_row,
+    )?;
+    messages.reverse();
+    Ok(messages)
+}
+
+/// Returns all messages of a session with their tool calls and code-mode records, read in one
+/// transaction so they come from the same snapshot, or `None` for an unknown session.
+pub(super) fn session_messages(
+    connection: &mut Connection,
+    session_id: &str,
+) -> Result<Option<Vec<StoredMessage>>, StoreError> {
+    let transaction = connection.transaction()?;
+    let exists = transaction
+        .prepare_cached("SELECT 1 FROM sessions WHERE id = ?1")?
+        .exists(params![session_id])?;
+    if !exists {
+        return Ok(None);
+    }
+    let mut messages = query_session(&transaction, SESSION_MESSAGES, session_id, message_from_row)?;
+    let calls = query_session(
+        &transaction,
+        SESSION_TOOL_CALLS,
+        session_id,
+        tool_call_from_row,
+    )?;
+    let attempts = query_session(&transaction, SESSION_ATTEMPTS, session_id, attempt_from_row)?;
+    transaction.commit()?;
+    attach_tool_calls(&mut messages, calls);
+    attach_attempts(&mut messages, attempts);
+    Ok(Some(messages))
+}
+
+/// Runs a trivial query.
+pub(super) fn ping(connection: &Connection) -> Result<(), StoreError> {
+    connection
+        .prepare_cached("SELECT 1")?
+        .query_row([], |_| Ok(()))?;
+    Ok(())
+}
+
+/// Runs a query whose only parameter is the session id.
+fn query_session<T>(
+    connection: &Connection,
+    sql: &str,
+    session_id: &str,
+    convert: fn(&Row<'_>) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut statement = connection.prepare_cached(sql)?;
+    collect(statement.query(params![session_id])?, convert)
+}
+
+fn collect<T>(
+    mut rows: rusqlite::Rows<'_>,
+    convert: fn(&Row<'_>) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut values = Vec::new();
+    while let Some(row) = rows.next()? {
+        values.push(convert(row)?);
+    }
+    Ok(values)
+}
+
+/// Borrows a text column without copying it.
+fn text<'r>(row: &'r Row<'_>, index: usize) -> rusqlite::Result<&'r str> {
+    row.get_ref(index)?
+        .as_str()
+        .map_err(|err| rusqlite::Error::FromSqlConversionFailure(index, Type::Text, Box::new(err)))
+}
+
+fn message_from_row(row: &Row<'_>) -> Result<StoredMessage, StoreError> {
+    Ok(StoredMessage {
+        id: row.get(0)?,
+        turn_id: row.get(1)?,
+        role: role_from_str(text(row, 2)?)?,
+        content: row.get(3)?,
+        user_id: row.get(4)?,
+        created_at_ms: row.get(5)?,
+        provider: row.get(6)?,
+        model: row.get(7)?,
+        finish_reason: row.get(8)?,
+        usage: usage_from_columns(row.get(9)?, row.get(10)?, row.get(11)?),
+        tool_calls: Vec::new(),
+        code_mode: None,
+    })
+}
+
+fn tool_call_from_row(row: &Row<'_>) -> Result<(String, ToolCallRecord), StoreError> {
+    let arguments = text(row, 4)?;
+    let record = ToolCallRecord {
+        name: row.get(1)?,
+        server: row.get(2)?,
+        tool: row.get(3)?,
+        arguments: serde_json::from_str(arguments)
+            .map_err(|err| StoreError::Corrupt(format!("tool call arguments: {err}")))?,
+        status: status_from_str(text(row, 5)?)?,
+        error: row.get(6)?,
+        duration_ms: row.get::<_, i64>(7)?.max(0) as u64,
+        truncated: row.get::<_, i64>(8)? != 0,
+        origin: origin_from_str(text(row, 9)?)?,
+    };
+    Ok((row.get(0)?, record))
+}
+
+fn attempt_from_row(row: &Row<'_>) -> Result<(String, serde_json::Value), StoreError> {
+    let record = serde_json::from_str(text(row, 1)?)
+        .map_err(|err| StoreError::Corrupt(format!("code mode record: {err}")))?;
+    Ok((row.get(0)?, record))
+}
+
+/// Attaches each turn's tool calls to that turn's assistant message.
+fn attach_tool_calls(messages: &mut [StoredMessage], calls: Vec<(String, ToolCallRecord)>) {
+    for (turn_id, call) in calls {
+        if let Some(message) = assistant_of(messages, &turn_id) {
+            message.tool_calls.push(call);
+        }
+    }
+}
+
+/// Attaches each turn's code-mode record to that turn's assistant message.
+fn attach_attempts(messages: &mut [StoredMessage], attempts: Vec<(String, serde_json::Value)>) {
+    for (turn_id, record) in attempts {
+        if let Some(message) = assistant_of(messages, &turn_id) {
+            message.code_mode = Some(record);
+        }
+    }
+}
+
+fn assistant_of<'a>(
+    messages: &'a mut [StoredMessage],
+    turn_id: &str,
+) -> Option<&'a mut StoredMessage> {
+    messages
+        .iter_mut()
+        .rev()
+        .find(|m| m.turn_id == turn_id && m.role == Role::Assistant)
+}
