@@ -30,7 +30,7 @@ pub const PROGRAM_TOOL: &str = "run_program";
 
 /// The end of code mode's part in a turn.
 pub enum CodeOutcome {
-    /// The model answered without a program; its reply may serve the turn.
+    /// The model replied without a program, so its reply may serve the turn.
     Direct(Completion),
     /// The program's result served the reply.
     Served,
@@ -213,7 +213,7 @@ impl CodeTurn<'_> {
                         return CodeOutcome::Served;
                     }
                     Err(err) => {
-                        tracing::warn!(error = %err, "Final answer after the program failed");
+                        tracing::warn!(error = %err, "Model request for the final answer after the program failed");
                         FallbackReason::ProviderError
                     }
                 }
@@ -450,7 +450,7 @@ fn completed_calls(reports: &[RunReport], role: RunRole) -> Vec<CallReport> {
         .collect()
 }
 
-/// The tool result the classic loop sees for a handed-over call.
+/// Returns the tool result the classic loop gets for a handed-over call.
 fn handover_content(call: &CallReport) -> String {
     match (&call.output, &call.error) {
         (Some(output), _) if call.ok => output.clone(),

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
-/// Why an attempt did not serve the reply. A closed set: it labels metrics.
+/// The reason an attempt did not serve the reply. The set is closed because it labels metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FallbackReason {
@@ -34,7 +34,7 @@ pub enum FallbackReason {
     MaxCalls,
     /// The engine or its child process failed outside the program.
     SandboxError,
-    /// The model answered a repair request without a new program.
+    /// The model replied to a repair request without a new program.
     NoRepair,
     /// The model request of code mode failed.
     ProviderError,
@@ -89,7 +89,7 @@ impl FallbackReason {
     }
 }
 
-/// How the program reached the gateway.
+/// The way the program reached the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Planner {
@@ -148,7 +148,7 @@ pub struct AuditRecord {
     pub reason: Option<FallbackReason>,
     /// Program runs: the first plus one per repair.
     pub runs: u32,
-    /// Why each failed run failed, in order; the last one is `reason` unless a repair worked.
+    /// The failure of each failed run, in order. The last one is `reason` unless a repair worked.
     pub run_failures: Vec<FallbackReason>,
     /// Tool calls the programs asked for, including rejected ones.
     pub planned_calls: u32,
@@ -157,7 +157,7 @@ pub struct AuditRecord {
     pub failed_calls: u32,
     pub timed_out_calls: u32,
     pub elapsed_ms: u64,
-    /// SHA-256 of the last program, hex: tells runs of the same program apart without storing it.
+    /// SHA-256 of the last program, hex, which identifies repeated programs without storing them.
     pub program_sha256: String,
 }
 

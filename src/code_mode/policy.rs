@@ -1,8 +1,8 @@
 //! The capability policy: which tools code mode may expose, and which a shadow run may call.
 //!
-//! A tool's capabilities come from its MCP annotations (`openWorldHint`, true when absent as the
-//! MCP specification says, means network access) unless the server's `capabilities` setting
-//! replaces them. A tool that needs a capability the operator did not allow is left out of the
+//! A tool's capabilities come from its MCP annotations unless the server's `capabilities` setting
+//! replaces them. `openWorldHint` means network access, and it is true when absent, which is the
+//! MCP specification's default. A tool that needs a capability the operator did not allow is left out of the
 //! declarations entirely, so a program cannot even name it.
 
 use std::collections::BTreeSet;
@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use crate::config::{Capability, CodeModeConfig, McpConfig};
 use crate::mcp::ToolInfo;
 
-/// The capabilities `tool` needs.
+/// Returns the capabilities `tool` needs.
 pub fn capabilities(tool: &ToolInfo, mcp: &McpConfig) -> BTreeSet<Capability> {
     let configured = mcp
         .servers
@@ -26,7 +26,7 @@ pub fn capabilities(tool: &ToolInfo, mcp: &McpConfig) -> BTreeSet<Capability> {
     needed
 }
 
-/// Whether the settings grant every capability `tool` needs.
+/// Returns whether the settings grant every capability `tool` needs.
 pub fn allowed(tool: &ToolInfo, mcp: &McpConfig, settings: &CodeModeConfig) -> bool {
     capabilities(tool, mcp)
         .iter()
@@ -37,7 +37,8 @@ pub fn allowed(tool: &ToolInfo, mcp: &McpConfig, settings: &CodeModeConfig) -> b
         })
 }
 
-/// Whether calling `tool` twice is harmless: the classic loop repeats the calls of a shadow run.
+/// Returns whether calling `tool` twice is harmless, because the classic loop repeats the calls
+/// of a shadow run.
 pub fn repeat_safe(tool: &ToolInfo) -> bool {
     tool.annotations.read_only == Some(true) || tool.annotations.idempotent == Some(true)
 }

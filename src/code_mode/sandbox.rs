@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::time::Instant;
 
-/// Answers a program's tool call: binding index and arguments as JSON in, the JSON envelope out.
+/// The handler of a program's tool call: binding index and arguments as JSON in, the JSON envelope out.
 pub type CallSink = Arc<dyn Fn(usize, String) -> BoxFuture<'static, String> + Send + Sync>;
 
 /// Limits of the engine itself; tool budgets live in the bridge.
@@ -29,7 +29,7 @@ pub struct EngineLimits {
     pub max_runtime: Duration,
 }
 
-/// Why a program did not return a value.
+/// The reason a program did not return a value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", content = "message", rename_all = "snake_case")]
 pub enum ProgramFailure {
@@ -49,7 +49,7 @@ pub enum ProgramFailure {
     Engine(String),
 }
 
-/// What one program run produced.
+/// The result, console output and duration of one program run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProgramRun {
     pub result: Result<Value, ProgramFailure>,
@@ -267,7 +267,7 @@ fn budget_exception(message: &str) -> Option<ProgramFailure> {
     }
 }
 
-/// A failure at or after the deadline is the time budget, whatever the engine called it.
+/// Reports a failure at or after the deadline as the time budget, whatever the engine called it.
 fn reclassify(
     result: Result<Value, ProgramFailure>,
     deadline: Instant,

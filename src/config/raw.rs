@@ -204,7 +204,7 @@ pub struct RawCodeMode {
     pub allow_env: Option<bool>,
 }
 
-/// Where the JavaScript engine runs.
+/// The place the JavaScript engine runs in.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExecutionMode {
@@ -213,7 +213,7 @@ pub enum ExecutionMode {
     Subprocess,
 }
 
-/// How the model hands its program to the gateway.
+/// The way the model hands its program to the gateway.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProgramDelivery {

@@ -40,13 +40,13 @@ async fn gateway(fake: &FakeOpenAi, code_mode: &str) -> TestGateway {
     TestGateway::start_with(&fake.base_url(), options).await
 }
 
-/// A completion that calls `run_program` with `code`.
+/// Builds a completion that calls `run_program` with `code`.
 fn program(code: &str) -> Reply {
     let arguments = json!({ "code": code }).to_string();
     Reply::Json(tool_calls(&[("run_program", &arguments)], "tool_calls"))
 }
 
-/// The report the gateway sent back as the result of the last `run_program` call of a request.
+/// Returns the report the gateway sent back as the result of the last `run_program` call.
 fn last_report(request: &Value) -> Value {
     let content = request["messages"]
         .as_array()
@@ -440,7 +440,7 @@ async fn slow_tools_open_the_circuit_and_a_fast_probe_closes_it() {
 }
 
 /// Two turns whose programs spin forever occupy the engine threads, not the async workers:
-/// `/health` answers while both are still running.
+/// `/health` returns 200 while both are still running.
 #[tokio::test]
 async fn health_answers_while_two_programs_spin() {
     let fake = FakeOpenAi::start().await;

@@ -521,7 +521,8 @@ fn with_code_mode(table: &str) -> String {
 fn code_mode_defaults_match_the_design() {
     let config = parse_with(MINIMAL, &[]).unwrap();
     let code = &config.agent.code_mode;
-    assert!(!code.enabled && !code.shadow_mode);
+    assert!(!code.enabled);
+    assert!(!code.shadow_mode);
     assert_eq!((code.max_calls, code.max_parallel), (6, 2));
     assert_eq!(
         (code.max_runtime_ms, code.max_call_timeout_ms),
@@ -538,7 +539,9 @@ fn code_mode_defaults_match_the_design() {
         (3, 5)
     );
     assert_eq!(code.max_repair_attempts, 1);
-    assert!(!code.allow_network && !code.allow_filesystem && !code.allow_env);
+    assert!(!code.allow_network);
+    assert!(!code.allow_filesystem);
+    assert!(!code.allow_env);
 }
 
 #[test]
