@@ -14,13 +14,6 @@ use crate::store::StoreError;
 /// Largest write-ahead log kept on disk after a checkpoint, in bytes.
 const JOURNAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
 
-/// Log size in pages at which the writer checkpoints by itself, about 40 MB with 4 KiB pages.
-/// Under steady writes the checkpointer thread copies most pages but cannot finish, because the
-/// writer keeps committing while it works, and only a finished checkpoint lets the next commit
-/// start the log again from its beginning. The writer's own checkpoint then copies the few pages
-/// left, finishes, and so bounds the log.
-const WRITER_CHECKPOINT_PAGES: i64 = 10_000;
-
 /// Capacity of each connection's prepared-statement cache, more than the store's statements.
 const STATEMENT_CACHE_CAPACITY: usize = 32;
 
@@ -114,7 +107,8 @@ fn write_settings(connection: &Connection) -> rusqlite::Result<()> {
     connection.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
     connection.pragma_update(None, "synchronous", "NORMAL")?;
     connection.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT_BYTES)?;
-    connection.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
+    // Only the checkpointer thread checkpoints; see `checkpoint.rs` for why.
+    connection.pragma_update(None, "wal_autocheckpoint", 0)
 }
 
 /// Opens the checkpointer's read-write connection to the existing database file.

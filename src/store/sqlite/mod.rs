@@ -1,9 +1,9 @@
 //! SQLite history store: one file in WAL mode, migrations embedded in the binary.
 //!
-//! The store runs SQLite through rusqlite. Writes go to one writer thread, which commits the
-//! turns waiting for it in one transaction ([`writer`]). A save is one hand-off to that thread and
-//! one reply back, whatever the number of statements. Reads run on the calling thread with a
-//! pooled read-only connection ([`reader`]), and a checkpointer thread keeps the write-ahead log
+//! The store runs SQLite through rusqlite on one read-write connection ([`writer`]). A save that
+//! finds the connection idle commits on the calling thread. Otherwise it goes to a writer thread,
+//! which commits the turns waiting for it in one transaction. Reads run on the calling thread with
+//! a pooled read-only connection ([`reader`]), and a checkpointer thread keeps the write-ahead log
 //! short ([`checkpoint`]). Statements are prepared once per connection.
 //!
 //! sqlx ran every statement as a round trip to a per-connection worker thread, and those
@@ -25,17 +25,17 @@ use super::{HistoryStore, NewTurn, StoreError, StoredMessage};
 use crate::config::StoreConfig;
 use connect::Location;
 use reader::{ReadJob, ReadPool};
-use writer::{Command, SaveJob};
+use writer::Writer;
 
-/// SQLite history with one writer thread and a pool of read connections.
+/// SQLite history with one read-write connection and a pool of read connections.
 ///
-/// SQLite allows one writer at a time, so all writes go through the single writer connection,
-/// which also batches them. Reads run on the calling thread on read-only connections, in
-/// parallel under WAL. An in-memory database exists only inside its connections, so there the
-/// writer thread serves reads too.
+/// SQLite allows one writer at a time, so all writes go through the single read-write
+/// connection, whose thread also batches them. Reads run on the calling thread on read-only
+/// connections, in parallel under WAL. An in-memory database exists only inside its connections,
+/// so there the writer thread serves reads too.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    writer: flume::Sender<Command>,
+    writer: Writer,
     /// `None` for an in-memory database.
     readers: Option<Arc<ReadPool>>,
 }
@@ -52,7 +52,6 @@ impl SqliteStore {
         // The writer connection is already open, so an in-memory database lives on while the
         // migration connection comes and goes.
         connect::migrate(&location, busy_timeout).await?;
-        let (write_tx, write_rx) = flume::unbounded();
         let (checkpoints, readers) = match location {
             Location::Memory { .. } => (None, None),
             Location::File { .. } => (
@@ -60,11 +59,8 @@ impl SqliteStore {
                 Some(open_readers(location, config).await?),
             ),
         };
-        writer::spawn(writer, write_rx, checkpoints).map_err(StoreError::Spawn)?;
-        Ok(Self {
-            writer: write_tx,
-            readers,
-        })
+        let writer = Writer::start(writer, busy_timeout, checkpoints).map_err(StoreError::Spawn)?;
+        Ok(Self { writer, readers })
     }
 
     /// Runs `query` on a read connection of the calling thread, or on the writer thread for an
@@ -81,9 +77,7 @@ impl SqliteStore {
         let job: ReadJob = Box::new(move |connection| {
             let _ = reply.send(query(connection));
         });
-        self.writer
-            .send(Command::Read(job))
-            .map_err(|_| StoreError::Stopped)?;
+        self.writer.read(job)?;
         result.await.map_err(|_| StoreError::Stopped)?
     }
 }
@@ -111,7 +105,7 @@ async fn start_checkpointer(
 ) -> Result<flume::Sender<()>, StoreError> {
     let location = location.clone();
     let connection = blocking(move || connect::checkpointer(&location, busy_timeout)).await?;
-    // One pending request is enough, because commits during a checkpoint share the next one.
+    // One pending nudge is enough, because commits during a checkpoint share the next one.
     let (nudge_tx, nudge_rx) = flume::bounded(1);
     checkpoint::spawn(connection, nudge_rx).map_err(StoreError::Spawn)?;
     Ok(nudge_tx)
@@ -156,15 +150,7 @@ impl HistoryStore for SqliteStore {
     }
 
     async fn save_turn(&self, turn: &NewTurn) -> Result<(), StoreError> {
-        let (reply, result) = oneshot::channel();
-        let job = SaveJob {
-            turn: turn.clone(),
-            reply,
-        };
-        self.writer
-            .send(Command::Save(job))
-            .map_err(|_| StoreError::Stopped)?;
-        result.await.map_err(|_| StoreError::Stopped)?
+        self.writer.save(turn).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

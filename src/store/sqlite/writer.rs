@@ -1,21 +1,26 @@
-//! The writer thread: one connection that commits the turns waiting for it together.
+//! Writes: one read-write connection, used inline by an idle caller or by the writer thread.
 //!
-//! Each `save_turn` sends its turn over a channel and waits for the outcome. The thread takes every
-//! turn queued at that moment, up to [`MAX_BATCH_TURNS`], and writes them in one transaction
-//! (group commit). Under load one commit and one set of WAL frames then serve many turns, and a
-//! lone turn is still written at once, because the thread never waits for more turns to arrive.
+//! A caller that finds no turn queued and the connection free commits its own turn at once on its
+//! own thread, so a save at a low rate wakes no other thread. Otherwise it sends the turn to the
+//! writer thread and waits for the outcome. The thread takes every turn queued at that moment, up
+//! to [`MAX_BATCH_TURNS`], and writes them in one transaction (group commit). Under load one commit
+//! and one set of WAL frames then serve many turns, and the thread never waits for more turns to
+//! arrive.
 //!
 //! Every turn of a batch runs inside its own savepoint. A turn whose statements fail is rolled
 //! back alone, its caller gets the error and the others still commit. When `BEGIN` or `COMMIT`
 //! fails, the whole transaction rolls back and every caller of the batch gets that error, so a
 //! turn is stored with all its rows or not at all.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::thread;
+use std::time::Duration;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, ErrorCode, params};
 use tokio::sync::oneshot;
 
+use super::checkpoint::COMMITS_PER_CHECKPOINT;
 use super::reader::ReadJob;
 use crate::store::{NewTurn, StoreError, origin_to_str, status_to_str};
 
@@ -49,51 +54,194 @@ pub(super) enum Command {
     Read(ReadJob),
 }
 
-/// Batches written between two requests to the checkpointer. A batch of one turn adds about five
-/// log pages and a larger batch adds more, so this requests a checkpoint every few hundred pages
-/// at the least. That keeps the log small, while the checkpoint's fsyncs stay a small cost per
-/// turn at low rates.
-const BATCHES_PER_CHECKPOINT: u32 = 64;
-
-/// Starts the writer thread. It stops when every sender of `commands` is dropped. Every
-/// [`BATCHES_PER_CHECKPOINT`] batches it sends on `checkpoints`, when given, without waiting.
-pub(super) fn spawn(
+/// The read-write connection and the busy timeout it has now.
+struct WriteConnection {
     connection: Connection,
-    commands: flume::Receiver<Command>,
-    checkpoints: Option<flume::Sender<()>>,
-) -> std::io::Result<()> {
-    thread::Builder::new()
-        .name("store-writer".to_owned())
-        .spawn(move || run(connection, commands, checkpoints))
-        .map(drop)
+    /// How long the writer thread waits for a database locked by another process.
+    thread_busy_timeout: Duration,
+    /// The busy timeout set on the connection now.
+    busy_timeout: Duration,
 }
 
-fn run(
-    mut connection: Connection,
-    commands: flume::Receiver<Command>,
-    checkpoints: Option<flume::Sender<()>>,
-) {
-    let mut batch = Vec::with_capacity(MAX_BATCH_TURNS);
-    let mut batches = 0u32;
-    while let Ok(command) = commands.recv() {
-        accept(&mut connection, command, &mut batch);
-        while batch.len() < MAX_BATCH_TURNS
-            && let Ok(command) = commands.try_recv()
+impl WriteConnection {
+    /// Sets the busy timeout, which is zero inline: a caller on an async worker must never sleep
+    /// in SQLite's busy handler, so it hands a turn that finds the database locked to the thread.
+    fn with_busy_timeout(&mut self, busy_timeout: Duration) -> rusqlite::Result<&mut Connection> {
+        if self.busy_timeout != busy_timeout {
+            self.connection.busy_timeout(busy_timeout)?;
+            self.busy_timeout = busy_timeout;
+        }
+        Ok(&mut self.connection)
+    }
+}
+
+/// The write side of the store. Dropping every clone stops the writer thread.
+#[derive(Clone)]
+pub(super) struct Writer {
+    commands: flume::Sender<Command>,
+    connection: Arc<Mutex<WriteConnection>>,
+    checkpoints: Option<Arc<Checkpoints>>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("queued", &self.commands.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Writer {
+    /// Starts the writer thread on `connection`, whose busy timeout is `busy_timeout`. With
+    /// `checkpoints`, the checkpointer is nudged every [`COMMITS_PER_CHECKPOINT`] commits.
+    pub(super) fn start(
+        connection: Connection,
+        busy_timeout: Duration,
+        checkpoints: Option<flume::Sender<()>>,
+    ) -> std::io::Result<Self> {
+        let (commands, queue) = flume::unbounded();
+        let connection = Arc::new(Mutex::new(WriteConnection {
+            connection,
+            thread_busy_timeout: busy_timeout,
+            busy_timeout,
+        }));
+        let checkpoints = checkpoints.map(|nudges| {
+            Arc::new(Checkpoints {
+                nudges,
+                commits: AtomicU32::new(0),
+            })
+        });
+        let writer = Self {
+            commands,
+            connection,
+            checkpoints,
+        };
+        let thread_side = writer.clone_for_thread();
+        thread::Builder::new()
+            .name("store-writer".to_owned())
+            .spawn(move || thread_side.run(&queue))?;
+        Ok(writer)
+    }
+
+    /// The thread's handle holds no sender of commands, so dropping the store stops the thread.
+    fn clone_for_thread(&self) -> ThreadSide {
+        ThreadSide {
+            connection: Arc::clone(&self.connection),
+            checkpoints: self.checkpoints.clone(),
+        }
+    }
+
+    /// Stores `turn`: inline when nothing is queued and the connection is free, else through the
+    /// writer thread.
+    pub(super) async fn save(&self, turn: &NewTurn) -> Result<(), StoreError> {
+        if self.commands.is_empty()
+            && let Some(outcome) = self.try_save_inline(turn)
         {
-            accept(&mut connection, command, &mut batch);
+            committed(self.checkpoints.as_deref());
+            return outcome;
         }
-        if batch.is_empty() {
-            continue;
-        }
-        write_batch(&connection, &mut batch);
-        batches += 1;
-        if batches == BATCHES_PER_CHECKPOINT {
-            batches = 0;
-            if let Some(checkpoints) = &checkpoints {
-                let _ = checkpoints.try_send(());
+        let (reply, result) = oneshot::channel();
+        let job = SaveJob {
+            turn: turn.clone(),
+            reply,
+        };
+        self.commands
+            .send(Command::Save(job))
+            .map_err(|_| StoreError::Stopped)?;
+        result.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Commits `turn` alone on the calling thread. Returns `None`, with nothing written, when the
+    /// connection is busy here or SQLite reports the database locked, so the turn goes to the
+    /// writer thread, which waits for the lock.
+    fn try_save_inline(&self, turn: &NewTurn) -> Option<Result<(), StoreError>> {
+        let mut guard = match self.connection.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        let connection = guard.with_busy_timeout(Duration::ZERO).ok()?;
+        match commit_batch(connection, std::iter::once(turn)) {
+            Ok(mut outcomes) => outcomes.pop(),
+            Err(err) => {
+                rollback(connection);
+                if is_locked(&err) {
+                    None
+                } else {
+                    Some(Err(StoreError::Query(Arc::new(err))))
+                }
             }
         }
     }
+
+    /// Runs `read` on the writer's connection, in order with the queued writes.
+    pub(super) fn read(&self, read: ReadJob) -> Result<(), StoreError> {
+        self.commands
+            .send(Command::Read(read))
+            .map_err(|_| StoreError::Stopped)
+    }
+}
+
+/// What the writer thread holds.
+struct ThreadSide {
+    connection: Arc<Mutex<WriteConnection>>,
+    checkpoints: Option<Arc<Checkpoints>>,
+}
+
+impl ThreadSide {
+    fn run(&self, queue: &flume::Receiver<Command>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH_TURNS);
+        while let Ok(command) = queue.recv() {
+            let mut guard = lock(&self.connection);
+            let busy_timeout = guard.thread_busy_timeout;
+            if let Err(err) = guard.with_busy_timeout(busy_timeout) {
+                tracing::error!(error = %err, "Failed to set the busy timeout of the store's write connection.");
+            }
+            let connection = &mut guard.connection;
+            accept(connection, command, &mut batch);
+            while batch.len() < MAX_BATCH_TURNS
+                && let Ok(command) = queue.try_recv()
+            {
+                accept(connection, command, &mut batch);
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            write_batch(connection, &mut batch);
+            drop(guard);
+            committed(self.checkpoints.as_deref());
+        }
+    }
+}
+
+fn lock(connection: &Mutex<WriteConnection>) -> MutexGuard<'_, WriteConnection> {
+    connection.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Counts commits and nudges the checkpointer after enough of them.
+#[derive(Debug)]
+struct Checkpoints {
+    nudges: flume::Sender<()>,
+    commits: AtomicU32,
+}
+
+/// Counts a commit. Every [`COMMITS_PER_CHECKPOINT`] commits it nudges the checkpointer without
+/// waiting; a full channel already holds a pending nudge.
+fn committed(checkpoints: Option<&Checkpoints>) {
+    let Some(checkpoints) = checkpoints else {
+        return;
+    };
+    if checkpoints.commits.fetch_add(1, Ordering::Relaxed) + 1 >= COMMITS_PER_CHECKPOINT {
+        checkpoints.commits.store(0, Ordering::Relaxed);
+        let _ = checkpoints.nudges.try_send(());
+    }
+}
+
+fn is_locked(err: &rusqlite::Error) -> bool {
+    matches!(
+        err.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
 }
 
 /// Queues a save, or runs a read at once. No transaction is open while turns are collected, so a
@@ -108,7 +256,7 @@ fn accept(connection: &mut Connection, command: Command, batch: &mut Vec<SaveJob
 /// Writes the batch in one transaction and sends every caller its outcome. A caller that stopped
 /// waiting does not stop its turn from being written.
 fn write_batch(connection: &Connection, batch: &mut Vec<SaveJob>) {
-    let outcomes = match commit_batch(connection, batch) {
+    let outcomes = match commit_batch(connection, batch.iter().map(|job| &job.turn)) {
         Ok(outcomes) => outcomes,
         Err(err) => {
             rollback(connection);
@@ -125,16 +273,15 @@ fn write_batch(connection: &Connection, batch: &mut Vec<SaveJob>) {
 }
 
 /// Returns each turn's own outcome, or the error that failed the whole transaction.
-fn commit_batch(
+fn commit_batch<'a>(
     connection: &Connection,
-    batch: &[SaveJob],
+    turns: impl Iterator<Item = &'a NewTurn>,
 ) -> rusqlite::Result<Vec<Result<(), StoreError>>> {
     // IMMEDIATE takes the write lock up front, where the busy timeout applies. A deferred
     // transaction could fail to upgrade its read lock without waiting.
     execute(connection, "BEGIN IMMEDIATE")?;
-    let outcomes = batch
-        .iter()
-        .map(|job| save_in_savepoint(connection, &job.turn))
+    let outcomes = turns
+        .map(|turn| save_in_savepoint(connection, turn))
         .collect::<rusqlite::Result<Vec<_>>>()?;
     execute(connection, "COMMIT")?;
     Ok(outcomes)
@@ -294,6 +441,63 @@ mod tests {
 
     fn count(connection: &Connection, sql: &str) -> i64 {
         connection.query_row(sql, [], |row| row.get(0)).unwrap()
+    }
+
+    /// A migrated database file and a started writer on it.
+    fn file_writer(dir: &tempfile::TempDir) -> (Writer, std::path::PathBuf) {
+        let path = dir.path().join("history.db");
+        let location =
+            super::super::connect::Location::parse(&format!("sqlite://{}", path.display()))
+                .unwrap();
+        let connection = super::super::connect::writer(&location, Duration::from_secs(5)).unwrap();
+        for migration in sqlx::migrate!("./migrations/sqlite").iter() {
+            connection.execute_batch(&migration.sql).unwrap();
+        }
+        let writer = Writer::start(connection, Duration::from_secs(5), None).unwrap();
+        (writer, path)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn locked_database_sends_the_turn_to_the_writer_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, path) = file_writer(&dir);
+        // Another connection holds the write lock for a while, so the inline attempt finds the
+        // database locked. The turn must then wait on the writer thread, not fail.
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let release = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(300));
+            other.execute_batch("COMMIT").unwrap();
+            other
+        });
+
+        writer.save(&turn("s1", "a")).await.unwrap();
+
+        let other = release.join().unwrap();
+        assert_eq!(count(&other, "SELECT count(*) FROM messages"), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_saves_inline_and_queued_all_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, path) = file_writer(&dir);
+        let saves = (0..400).map(|i| {
+            let writer = writer.clone();
+            tokio::spawn(async move {
+                writer
+                    .save(&turn(&format!("s{}", i % 7), &i.to_string()))
+                    .await
+            })
+        });
+        for save in futures_util::future::join_all(saves).await {
+            save.unwrap().unwrap();
+        }
+        let reader = Connection::open(&path).unwrap();
+        assert_eq!(count(&reader, "SELECT count(*) FROM messages"), 800);
+        assert_eq!(
+            count(&reader, "SELECT count(DISTINCT turn_id) FROM messages"),
+            400
+        );
     }
 
     #[test]
