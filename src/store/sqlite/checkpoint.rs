@@ -102,7 +102,7 @@ mod tests {
     }
 
     #[test]
-    fn long_log_starts_again_while_commits_go_on() {
+    fn long_log_restarts_under_commits() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log.db");
         let writer = open(&path);

@@ -123,7 +123,8 @@ impl Writer {
         Ok(writer)
     }
 
-    /// The thread's handle holds no sender of commands, so dropping the store stops the thread.
+    /// Returns the thread's handle. It has no sender of commands, so dropping the store stops the
+    /// thread.
     fn clone_for_thread(&self) -> ThreadSide {
         ThreadSide {
             connection: Arc::clone(&self.connection),
@@ -182,7 +183,7 @@ impl Writer {
     }
 }
 
-/// What the writer thread holds.
+/// The writer thread's share of the connection and the checkpoint counter.
 struct ThreadSide {
     connection: Arc<Mutex<WriteConnection>>,
     checkpoints: Option<Arc<Checkpoints>>,
@@ -226,7 +227,7 @@ struct Checkpoints {
 }
 
 /// Counts a commit. Every [`COMMITS_PER_CHECKPOINT`] commits it nudges the checkpointer without
-/// waiting; a full channel already holds a pending nudge.
+/// waiting. A full channel already contains a pending nudge.
 fn committed(checkpoints: Option<&Checkpoints>) {
     let Some(checkpoints) = checkpoints else {
         return;
@@ -443,7 +444,7 @@ mod tests {
         connection.query_row(sql, [], |row| row.get(0)).unwrap()
     }
 
-    /// A migrated database file and a started writer on it.
+    /// Creates a migrated database file and starts a writer on it.
     fn file_writer(dir: &tempfile::TempDir) -> (Writer, std::path::PathBuf) {
         let path = dir.path().join("history.db");
         let location =
@@ -458,7 +459,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn locked_database_sends_the_turn_to_the_writer_thread() {
+    async fn save_waits_out_locked_database() {
         let dir = tempfile::tempdir().unwrap();
         let (writer, path) = file_writer(&dir);
         // Another connection holds the write lock for a while, so the inline attempt finds the
@@ -478,7 +479,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_saves_inline_and_queued_all_commit() {
+    async fn concurrent_saves_all_commit() {
         let dir = tempfile::tempdir().unwrap();
         let (writer, path) = file_writer(&dir);
         let saves = (0..400).map(|i| {
