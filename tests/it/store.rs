@@ -9,26 +9,26 @@ use xiaomaolv::config::StoreConfig;
 use xiaomaolv::provider::wire::{Role, Usage};
 use xiaomaolv::store::{self, HistoryStore, NewMessage, NewTurn, SqliteStore};
 
-use crate::common::postgres::fresh_database;
+use crate::common::postgres::{self as pg, fresh_database};
 
 /// Where a test's store lives.
-enum Backend {
+pub(crate) enum Backend {
     Sqlite(tempfile::TempDir),
     Postgres { url: String },
 }
 
 impl Backend {
-    fn sqlite() -> Self {
+    pub(crate) fn sqlite() -> Self {
         Self::Sqlite(tempfile::tempdir().unwrap())
     }
 
-    async fn postgres() -> Self {
+    pub(crate) async fn postgres() -> Self {
         Self::Postgres {
             url: fresh_database().await,
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         match self {
             Self::Sqlite(dir) => format!("sqlite://{}", dir.path().join("history.db").display()),
             Self::Postgres { url } => url.clone(),
@@ -41,7 +41,7 @@ impl Backend {
     }
 
     /// Makes every insert of a message with content `boom` fail, through a second connection.
-    async fn reject_boom(&self) {
+    pub(crate) async fn reject_boom(&self) {
         match self {
             Self::Sqlite(_) => {
                 let mut raw = <sqlx::SqliteConnection as sqlx::Connection>::connect(&self.url())
@@ -56,28 +56,9 @@ impl Backend {
                 .await
                 .unwrap();
             }
-            Self::Postgres { url } => postgres_reject_boom(url).await,
+            Self::Postgres { url } => pg::reject_boom(url).await,
         }
     }
-}
-
-/// The PostgreSQL form of the `reject_boom` trigger.
-pub async fn postgres_reject_boom(url: &str) {
-    let mut raw = <sqlx::PgConnection as sqlx::Connection>::connect(url)
-        .await
-        .unwrap();
-    sqlx::raw_sql(
-        "CREATE FUNCTION reject_boom() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN \
-             IF NEW.content = 'boom' THEN RAISE EXCEPTION 'rejected by test trigger'; END IF; \
-             RETURN NEW; \
-         END $$; \
-         CREATE TRIGGER reject_boom BEFORE INSERT ON messages \
-             FOR EACH ROW EXECUTE FUNCTION reject_boom();",
-    )
-    .execute(&mut raw)
-    .await
-    .unwrap();
 }
 
 fn config(url: String) -> StoreConfig {
@@ -124,7 +105,13 @@ on_both_backends!(
     reads_never_see_half_a_turn,
 );
 
-fn turn(session: &str, turn_id: &str, user: &str, reply: &str, usage: Option<Usage>) -> NewTurn {
+pub(crate) fn turn(
+    session: &str,
+    turn_id: &str,
+    user: &str,
+    reply: &str,
+    usage: Option<Usage>,
+) -> NewTurn {
     let message = |role, content: &str, usage| NewMessage {
         role,
         content: content.to_owned(),

@@ -31,8 +31,11 @@ const INSERT_CODE_MODE: &str =
 /// Writes every row of the turn in one transaction: all of them, or none when a statement or the
 /// commit fails. Dropping an uncommitted transaction rolls it back.
 ///
-/// The advisory lock makes saves of one session from several replicas append one turn after the
-/// other, so the rows of two turns never interleave. It is held only while the rows are written.
+/// The session's advisory lock, taken before any row is written, makes saves of one session from
+/// several replicas append one turn after the other, so the rows of two turns never interleave.
+/// The upsert of the session row would also wait for a concurrent save, but only as a side effect
+/// of its row lock. The advisory lock is held only while the rows are written, and a save waits
+/// for it at most `lock_timeout` (`store.busy_timeout_ms`).
 ///
 /// NOTE: whole turns are not serialized across replicas, only their saves. The in-process session
 /// lock orders the turns of one gateway, but two replicas can run turns on one session at the

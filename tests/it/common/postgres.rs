@@ -76,6 +76,25 @@ pub async fn fresh_database() -> String {
     cluster.url(&name)
 }
 
+/// Makes every insert of a message with content `boom` fail with "rejected by test trigger".
+pub async fn reject_boom(url: &str) {
+    let mut raw = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "CREATE FUNCTION reject_boom() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN \
+             IF NEW.content = 'boom' THEN RAISE EXCEPTION 'rejected by test trigger'; END IF; \
+             RETURN NEW; \
+         END $$; \
+         CREATE TRIGGER reject_boom BEFORE INSERT ON messages \
+             FOR EACH ROW EXECUTE FUNCTION reject_boom();",
+    )
+    .execute(&mut raw)
+    .await
+    .unwrap();
+}
+
 impl Cluster {
     /// The URL of a database of this cluster.
     pub fn url(&self, database: &str) -> String {
