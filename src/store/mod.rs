@@ -3,7 +3,7 @@
 //! Callers only see the trait. [`open`] picks the implementation from the store URL: SQLite by
 //! default, PostgreSQL for `postgres://` and `postgresql://` URLs, so that several gateway
 //! replicas can share one history. A turn is written with [`HistoryStore::save_turn`] in one
-//! transaction, after the model has answered, so no transaction is ever open while the gateway
+//! transaction, after the model has replied, so no transaction is ever open while the gateway
 //! waits on a model.
 
 mod postgres;

@@ -21,7 +21,7 @@ fn config(url: &str) -> StoreConfig {
     }
 }
 
-/// A URL with a password on a loopback port where nothing listens.
+/// Returns a URL with a password on a loopback port where nothing listens, and the port.
 fn unreachable_url() -> (String, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -143,9 +143,9 @@ async fn silent_server_times_out_with_host() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let holder = tokio::spawn(async move {
-        let mut held = Vec::new();
+        let mut connections = Vec::new();
         while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
+            connections.push(socket);
         }
     });
     let url = format!("postgres://app:{PASSWORD}@127.0.0.1:{port}/history");
@@ -226,7 +226,7 @@ async fn gateway_stores_turns_in_postgres() {
     );
     assert!(gateway.history("unknown").await.is_none());
 
-    // Another store on the same database sees the gateway's turns, as another replica would.
+    // Another store on the same database reads the gateway's turns, as another replica would.
     let other = store::open(&config(&url)).await.unwrap();
     assert_eq!(other.recent_messages("s1", 10).await.unwrap().len(), 4);
 }

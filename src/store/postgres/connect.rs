@@ -86,8 +86,8 @@ async fn connect(target: &Target, timeout: Duration) -> Result<PgConnection, Sto
     }
 }
 
-/// Formats the server's `lock_timeout` setting, which bounds how long a save waits for its session's
-/// advisory lock while a turn of another replica holds it.
+/// Formats the server's `lock_timeout` setting. It bounds how long a save waits for its session's
+/// advisory lock while a save of another replica holds it.
 fn lock_timeout(timeout: Duration) -> String {
     format!("{}ms", timeout.as_millis())
 }

@@ -19,8 +19,8 @@ const SESSION_MESSAGES: &str = "SELECT id, turn_id, role, content, user_id, crea
      FROM messages WHERE session_id = $1 ORDER BY id";
 
 // The JSON columns are read as text, so the crate needs no JSON support from sqlx.
-const SESSION_TOOL_CALLS: &str = "SELECT turn_id, name, server, tool, arguments::text AS arguments, \
-     status, error, duration_ms, truncated, origin \
+const SESSION_TOOL_CALLS: &str = "SELECT turn_id, name, server, tool, \
+     arguments::text AS arguments, status, error, duration_ms, truncated, origin \
      FROM tool_calls WHERE session_id = $1 ORDER BY turn_id, seq";
 
 const SESSION_ATTEMPTS: &str = "SELECT turn_id, record::text AS record \
@@ -187,7 +187,7 @@ fn attach_attempts(messages: &mut [StoredMessage], attempts: Vec<(String, serde_
     }
 }
 
-/// The last assistant message of a turn, as the SQLite store picks it.
+/// Finds the last assistant message of a turn, as the SQLite store does.
 fn assistant_of<'a>(
     messages: &'a mut [StoredMessage],
     turn_id: &str,

@@ -5,9 +5,10 @@ use sqlx::postgres::PgPool;
 
 use crate::store::{NewTurn, StoreError, origin_to_str, status_to_str};
 
-/// First key of the session advisory locks, so they cannot collide with two-key advisory locks
-/// of other programs that share the database unless those pick the same number. The value is
-/// arbitrary (the ASCII bytes of `xmlv`).
+/// First key of the session advisory locks. Two-key locks never collide with the one-key lock of
+/// sqlx's migrations, and this fixed value keeps them apart from the two-key locks of other
+/// programs on the database unless those choose the same number. The value is the ASCII bytes of
+/// `xmlv`.
 const SESSION_LOCK_CLASS: i32 = 0x786d_6c76;
 
 /// Waits for the session's lock until the transaction ends. `hashtext` maps the session id to the
@@ -39,7 +40,7 @@ const INSERT_CODE_MODE: &str =
 ///
 /// NOTE: whole turns are not serialized across replicas, only their saves. The in-process session
 /// lock orders the turns of one gateway, but two replicas can run turns on one session at the
-/// same moment: both read the same history, and neither model request sees the other turn.
+/// same moment: both read the same history, and neither model request includes the other turn.
 pub(super) async fn save_turn(pool: &PgPool, turn: &NewTurn) -> Result<(), StoreError> {
     let mut transaction = pool.begin().await.map_err(StoreError::Postgres)?;
     insert_turn(&mut transaction, turn)

@@ -26,7 +26,7 @@ pub const PASSWORD: &str = "pg-test-pw-5e1f0c";
 const INSTALL_HINT: &str = "run scripts/install-test-deps.sh, which installs the Debian package \
      `postgresql`";
 
-/// Log line with which the server says it is ready.
+/// The server's log line once it accepts connections.
 const READY: &str = "database system is ready to accept connections";
 
 /// How long `initdb` plus the server start may take before the tests give up.
@@ -54,7 +54,7 @@ pub struct Cluster {
     _supervisor: Child,
 }
 
-/// The cluster of this test process, started on first use.
+/// Returns the cluster of this test process, starting it on first use.
 pub fn cluster() -> &'static Cluster {
     CLUSTER.get_or_init(Cluster::start)
 }
@@ -96,7 +96,7 @@ pub async fn reject_boom(url: &str) {
 }
 
 impl Cluster {
-    /// The URL of a database of this cluster.
+    /// Returns the URL of a database of this cluster.
     pub fn url(&self, database: &str) -> String {
         format!(
             "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{database}",
@@ -194,7 +194,7 @@ fn wait_until_ready(log: &Path) {
     }
 }
 
-/// A command that runs as the `postgres` user when this process is root, else as this user.
+/// Builds a command that runs as the `postgres` user when this process is root, else as this user.
 fn as_server_user(program: &Path) -> Command {
     if !is_root() {
         return Command::new(program);
@@ -209,8 +209,8 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// A port that was free a moment ago. Another process could take it before the server binds it,
-/// and then the server's log says so.
+/// Returns a port that was free a moment ago. Another process could take it before the server
+/// binds it, and then the server fails with the error in its log.
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
