@@ -51,7 +51,13 @@ pub enum StoreError {
          (store.busy_timeout_ms); check store.url and the server"
     )]
     ConnectTimedOut { server: String, timeout_ms: u64 },
-    /// A PostgreSQL statement failed, or no pooled connection became free in time.
+    /// No pooled connection became free in time: the server is down or slow, or every connection
+    /// is busy.
+    #[error(
+        "no PostgreSQL connection to {server} became free within {timeout_ms} ms \
+         (store.busy_timeout_ms); the server may be down, or store.max_connections too small"
+    )]
+    PoolTimedOut { server: String, timeout_ms: u64 },
     #[error("store query failed: {0}")]
     Postgres(#[source] sqlx::Error),
 }

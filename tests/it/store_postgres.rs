@@ -161,6 +161,68 @@ async fn silent_server_times_out_with_host() {
     assert!(!message.contains(PASSWORD), "{message}");
 }
 
+/// A loopback TCP proxy to the test cluster, which can go away like a database server that stops.
+struct Proxy {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream_port: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let mut links = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                links.spawn(async move {
+                    let upstream = tokio::net::TcpStream::connect(("127.0.0.1", upstream_port));
+                    if let Ok(mut server) = upstream.await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Self { port, task }
+    }
+
+    /// Closes the listening socket and every connection through the proxy.
+    async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+#[tokio::test]
+async fn database_lost_after_start_names_host() {
+    let url = fresh_database().await;
+    let cluster_port = pg::cluster().port;
+    let proxy = Proxy::start(cluster_port).await;
+    let proxy_port = proxy.port;
+    let proxied = url.replace(&format!(":{cluster_port}/"), &format!(":{proxy_port}/"));
+    let config = StoreConfig {
+        busy_timeout_ms: 500,
+        ..config(&proxied)
+    };
+    let store = store::open(&config).await.unwrap();
+    store
+        .save_turn(&turn("s1", "t1", "q", "a", None))
+        .await
+        .unwrap();
+
+    proxy.stop().await;
+    let message = store
+        .recent_messages("s1", 10)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains(&format!("127.0.0.1:{proxy_port}")),
+        "{message}"
+    );
+    assert!(message.contains("within 500 ms"), "{message}");
+    assert!(!message.contains(PASSWORD), "{message}");
+}
+
 #[tokio::test]
 async fn wrong_password_error_hides_it() {
     let url = fresh_database().await.replace(PASSWORD, "wrong-pw-71d2");

@@ -13,7 +13,7 @@ use crate::store::StoreError;
 pub(super) struct Target {
     options: PgConnectOptions,
     /// Host and port (or socket), database and user. It never contains the password.
-    server: String,
+    pub(super) server: String,
 }
 
 impl Target {
@@ -49,7 +49,7 @@ fn describe(options: &PgConnectOptions) -> String {
 /// The first connection is made directly rather than through the pool, because the pool retries
 /// a refused connection until its timeout and then reports only the timeout. A direct connection
 /// reports why it failed.
-pub(super) async fn open(config: &StoreConfig) -> Result<PgPool, StoreError> {
+pub(super) async fn open(config: &StoreConfig) -> Result<(PgPool, String), StoreError> {
     let target = Target::parse(&config.url)?;
     let timeout = config.busy_timeout();
     let mut connection = connect(&target, timeout).await?;
@@ -69,7 +69,7 @@ pub(super) async fn open(config: &StoreConfig) -> Result<PgPool, StoreError> {
         .acquire_timeout(timeout)
         .connect_lazy_with(pool_options);
     tracing::info!(server = %target.server, "Opened the PostgreSQL history store.");
-    Ok(pool)
+    Ok((pool, target.server))
 }
 
 async fn connect(target: &Target, timeout: Duration) -> Result<PgConnection, StoreError> {
@@ -81,9 +81,13 @@ async fn connect(target: &Target, timeout: Duration) -> Result<PgConnection, Sto
         }),
         Err(_) => Err(StoreError::ConnectTimedOut {
             server: target.server.clone(),
-            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            timeout_ms: millis(timeout),
         }),
     }
+}
+
+pub(super) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Formats the server's `lock_timeout` setting. It bounds how long a save waits for its session's

@@ -10,6 +10,8 @@ mod connect;
 mod reader;
 mod writer;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use sqlx::postgres::PgPool;
 
@@ -20,6 +22,9 @@ use crate::config::StoreConfig;
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// Host and port, database and user, for errors. It never contains the password.
+    server: Arc<str>,
+    timeout_ms: u64,
 }
 
 impl PostgresStore {
@@ -28,8 +33,24 @@ impl PostgresStore {
     /// `store.busy_timeout_ms` bounds the first connection, every wait for a pooled connection
     /// and every wait for a session's lock.
     pub async fn open(config: &StoreConfig) -> Result<Self, StoreError> {
-        let pool = connect::open(config).await?;
-        Ok(Self { pool })
+        let (pool, server) = connect::open(config).await?;
+        Ok(Self {
+            pool,
+            server: server.into(),
+            timeout_ms: connect::millis(config.busy_timeout()),
+        })
+    }
+
+    /// Names the server in the error of a pool that ran out of time. By then the pool has
+    /// retried a refused connection until the timeout, so the timeout is all it reports.
+    fn name_server<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        match result {
+            Err(StoreError::Postgres(sqlx::Error::PoolTimedOut)) => Err(StoreError::PoolTimedOut {
+                server: self.server.to_string(),
+                timeout_ms: self.timeout_ms,
+            }),
+            other => other,
+        }
     }
 
     /// Closes every pooled connection and waits until they are closed.
@@ -45,21 +66,21 @@ impl HistoryStore for PostgresStore {
         session_id: &str,
         limit: u32,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        reader::recent_messages(&self.pool, session_id, limit).await
+        self.name_server(reader::recent_messages(&self.pool, session_id, limit).await)
     }
 
     async fn session_messages(
         &self,
         session_id: &str,
     ) -> Result<Option<Vec<StoredMessage>>, StoreError> {
-        reader::session_messages(&self.pool, session_id).await
+        self.name_server(reader::session_messages(&self.pool, session_id).await)
     }
 
     async fn save_turn(&self, turn: &NewTurn) -> Result<(), StoreError> {
-        writer::save_turn(&self.pool, turn).await
+        self.name_server(writer::save_turn(&self.pool, turn).await)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        reader::ping(&self.pool).await
+        self.name_server(reader::ping(&self.pool).await)
     }
 }
