@@ -11,6 +11,7 @@ mod expand;
 pub mod raw;
 mod secret;
 mod settings;
+mod store_url;
 
 use std::path::Path;
 

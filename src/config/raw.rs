@@ -54,11 +54,16 @@ pub enum LogFormat {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStore {
-    /// `sqlite://PATH` (created when missing) or `sqlite::memory:`. Default `sqlite://xiaomaolv.db`.
+    /// `sqlite://PATH` (created when missing), `sqlite::memory:`, or
+    /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (also `postgresql://`) for a PostgreSQL
+    /// database that several replicas share. Default `sqlite://xiaomaolv.db`.
     pub url: Option<String>,
-    /// Read-only connections kept open for reads. Writes use one more connection. Default 8.
+    /// SQLite: read-only connections kept open for reads; writes use one more connection.
+    /// PostgreSQL: the size of the connection pool. Default 8.
     pub max_connections: Option<u32>,
-    /// How long a write waits for a locked database before failing. Default 5000 ms.
+    /// SQLite: how long a write waits for a locked database. PostgreSQL: how long connecting,
+    /// waiting for a free pooled connection, or waiting for a session locked by another replica
+    /// may take. Past it the operation fails. Default 5000 ms.
     pub busy_timeout_ms: Option<u64>,
 }
 

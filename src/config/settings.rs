@@ -17,6 +17,7 @@ use super::raw::{
     RawMcp, RawMcpServer, RawProvider, RawStore,
 };
 use super::secret::{Secret, mask_url_password};
+use super::store_url::store_url_error;
 
 /// The gateway's settings after validation.
 #[derive(Debug, Clone, Serialize)]
@@ -37,12 +38,23 @@ pub struct AppConfig {
     pub shutdown_grace_ms: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Clone, Serialize)]
 pub struct StoreConfig {
+    /// A PostgreSQL URL may carry a password, so `Debug` and `Serialize` print it masked.
     #[serde(serialize_with = "serialize_masked_url")]
     pub url: String,
     pub max_connections: u32,
     pub busy_timeout_ms: u64,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("url", &mask_url_password(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("busy_timeout_ms", &self.busy_timeout_ms)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -250,14 +262,8 @@ fn validate_store(raw: RawStore) -> Result<StoreConfig, ConfigError> {
     let url = raw
         .url
         .unwrap_or_else(|| "sqlite://xiaomaolv.db".to_owned());
-    if !url.starts_with("sqlite:") {
-        return Err(invalid(
-            "store.url",
-            format!(
-                "`{}` is not a supported store URL; use sqlite://PATH or sqlite::memory:",
-                mask_url_password(&url)
-            ),
-        ));
+    if let Some(message) = store_url_error(&url) {
+        return Err(invalid("store.url", message));
     }
     let max_connections = raw.max_connections.unwrap_or(8);
     positive("store.max_connections", u64::from(max_connections))?;

@@ -1,9 +1,12 @@
 //! Conversation history behind the [`HistoryStore`] trait.
 //!
-//! Callers only see the trait, so a PostgreSQL implementation can be added without touching them.
-//! A turn is written with [`HistoryStore::save_turn`] in one transaction, after the model has
-//! answered, so no transaction is ever open while the gateway waits on a model.
+//! Callers only see the trait. [`open`] picks the implementation from the store URL: SQLite by
+//! default, PostgreSQL for `postgres://` and `postgresql://` URLs, so that several gateway
+//! replicas can share one history. A turn is written with [`HistoryStore::save_turn`] in one
+//! transaction, after the model has replied, so no transaction is ever open while the gateway
+//! waits on a model.
 
+mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
@@ -11,6 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::Serialize;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use crate::agent::{ToolCallOrigin, ToolCallRecord, ToolCallStatus};
@@ -38,6 +42,24 @@ pub enum StoreError {
     Stopped,
     #[error("stored row is invalid: {0}")]
     Corrupt(String),
+    /// The PostgreSQL server could not be reached, or it rejected the connection or the login.
+    /// `server` names the host, port, database and user, never the password.
+    #[error("cannot connect to PostgreSQL at {server}: {source}; check store.url and the server")]
+    Unreachable { server: String, source: sqlx::Error },
+    #[error(
+        "cannot connect to PostgreSQL at {server}: no answer within {timeout_ms} ms \
+         (store.busy_timeout_ms); check store.url and the server"
+    )]
+    ConnectTimedOut { server: String, timeout_ms: u64 },
+    /// No pooled connection became free in time: the server is down or slow, or every connection
+    /// is busy.
+    #[error(
+        "no PostgreSQL connection to {server} became free within {timeout_ms} ms \
+         (store.busy_timeout_ms); the server may be down, or store.max_connections too small"
+    )]
+    PoolTimedOut { server: String, timeout_ms: u64 },
+    #[error("store query failed: {0}")]
+    Postgres(#[source] sqlx::Error),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -117,7 +139,15 @@ pub trait HistoryStore: Send + Sync + 'static {
 
 /// Opens the store named by `config.url` and applies pending migrations.
 pub async fn open(config: &StoreConfig) -> Result<Arc<dyn HistoryStore>, StoreError> {
+    if is_postgres_url(&config.url) {
+        return Ok(Arc::new(PostgresStore::open(config).await?));
+    }
     Ok(Arc::new(SqliteStore::open(config).await?))
+}
+
+/// Returns whether a store URL names a PostgreSQL database.
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 pub(crate) fn role_from_str(role: &str) -> Result<Role, StoreError> {

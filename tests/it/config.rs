@@ -669,3 +669,63 @@ fn mcp_server_capabilities_parse_sorted_and_unknown_ones_are_rejected() {
         "{message}"
     );
 }
+
+fn with_store_url(url: &str) -> String {
+    MINIMAL.replace("sqlite://xiaomaolv.db", url)
+}
+
+#[test]
+fn postgres_store_url_is_accepted_and_masked() {
+    for scheme in ["postgres", "postgresql"] {
+        let url = format!("{scheme}://app:${{PGPASS}}@db.internal:5432/history?sslmode=disable");
+        let config = parse_with(&with_store_url(&url), &[("PGPASS", "pg-pw-93b1")]).unwrap();
+        assert_eq!(
+            config.store.url,
+            format!("{scheme}://app:pg-pw-93b1@db.internal:5432/history?sslmode=disable")
+        );
+
+        let printed = config.to_masked_toml();
+        let debug = format!("{:?}", config.store);
+        assert!(!printed.contains("pg-pw-93b1"), "{printed}");
+        assert!(!debug.contains("pg-pw-93b1"), "{debug}");
+        let masked = format!("{scheme}://app:{MASK}@db.internal:5432/history");
+        assert!(printed.contains(&masked), "{printed}");
+        assert!(debug.contains(&masked), "{debug}");
+    }
+}
+
+#[test]
+fn bad_postgres_store_url_names_key() {
+    let cases = [
+        // A `/` in the password ends the host part early, so the password must be encoded.
+        ("postgres://app:pg/pw-93b1@db/history", "percent-encoded"),
+        ("postgres://app:pg#pw-93b1@db/history", "percent-encoded"),
+        ("postgres://app:pgpw-93b1@db/hist#pw-93b1", "%23"),
+        ("postgres://app:pgpw-93b1@/history", "empty host"),
+        (
+            "postgres://app:pgpw-93b1@db/history?pass=pgpw-93b1",
+            "unknown connection parameter `pass`",
+        ),
+        (
+            "postgres://app:pgpw-93b1@db/history?sslmode=verify-full",
+            "TLS",
+        ),
+    ];
+    for (url, expected) in cases {
+        let message = error_text(&with_store_url(url), &[]);
+        assert!(message.starts_with("store.url: "), "{url}: {message}");
+        assert!(message.contains(expected), "{url}: {message}");
+        assert!(!message.contains("pw-93b1"), "{url}: {message}");
+    }
+}
+
+#[test]
+fn unsupported_store_url_lists_forms() {
+    let message = error_text(&with_store_url("mysql://app:pw-93b1@db/history"), &[]);
+    assert!(message.contains("store.url"), "{message}");
+    assert!(
+        message.contains("postgres://USER:PASSWORD@HOST"),
+        "{message}"
+    );
+    assert!(!message.contains("pw-93b1"), "{message}");
+}

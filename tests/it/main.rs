@@ -19,5 +19,6 @@ mod real_model;
 mod sandbox;
 mod sse;
 mod store;
+mod store_postgres;
 mod subprocess;
 mod tool_loop;

@@ -1,24 +1,117 @@
-//! The SQLite history store: atomic turns, ordering, limits, unknown usage, concurrency, and
-//! turns saved together by the writer (group commit).
+//! The history store on both backends, SQLite and PostgreSQL, with the same test bodies: atomic
+//! turns, ordering, limits, unknown usage, concurrency, and turns saved at the same moment.
+//! Each PostgreSQL test gets its own database in the test cluster (`common::postgres`).
 
 use std::sync::Arc;
 
 use xiaomaolv::agent::{ToolCallOrigin, ToolCallRecord, ToolCallStatus};
 use xiaomaolv::config::StoreConfig;
 use xiaomaolv::provider::wire::{Role, Usage};
-use xiaomaolv::store::{HistoryStore, NewMessage, NewTurn, SqliteStore};
+use xiaomaolv::store::{self, HistoryStore, NewMessage, NewTurn, SqliteStore};
 
-async fn open(dir: &tempfile::TempDir) -> Arc<dyn HistoryStore> {
-    let path = dir.path().join("history.db");
-    let config = StoreConfig {
-        url: format!("sqlite://{}", path.display()),
-        max_connections: 4,
-        busy_timeout_ms: 5000,
-    };
-    Arc::new(SqliteStore::open(&config).await.unwrap())
+use crate::common::postgres::{self as pg, fresh_database};
+
+/// Where a test's store lives.
+pub(crate) enum Backend {
+    Sqlite(tempfile::TempDir),
+    Postgres { url: String },
 }
 
-fn turn(session: &str, turn_id: &str, user: &str, reply: &str, usage: Option<Usage>) -> NewTurn {
+impl Backend {
+    pub(crate) fn sqlite() -> Self {
+        Self::Sqlite(tempfile::tempdir().unwrap())
+    }
+
+    pub(crate) async fn postgres() -> Self {
+        Self::Postgres {
+            url: fresh_database().await,
+        }
+    }
+
+    pub(crate) fn url(&self) -> String {
+        match self {
+            Self::Sqlite(dir) => format!("sqlite://{}", dir.path().join("history.db").display()),
+            Self::Postgres { url } => url.clone(),
+        }
+    }
+
+    /// Opens the store through `store::open`, which picks the backend from the URL.
+    async fn open(&self) -> Arc<dyn HistoryStore> {
+        store::open(&config(self.url())).await.unwrap()
+    }
+
+    /// Makes every insert of a message with content `boom` fail, through a second connection.
+    pub(crate) async fn reject_boom(&self) {
+        match self {
+            Self::Sqlite(_) => {
+                let mut raw = <sqlx::SqliteConnection as sqlx::Connection>::connect(&self.url())
+                    .await
+                    .unwrap();
+                sqlx::query(
+                    "CREATE TRIGGER reject_boom BEFORE INSERT ON messages \
+                     WHEN NEW.content = 'boom' \
+                     BEGIN SELECT RAISE(ABORT, 'rejected by test trigger'); END",
+                )
+                .execute(&mut raw)
+                .await
+                .unwrap();
+            }
+            Self::Postgres { url } => pg::reject_boom(url).await,
+        }
+    }
+}
+
+fn config(url: String) -> StoreConfig {
+    StoreConfig {
+        url,
+        max_connections: 4,
+        busy_timeout_ms: 5000,
+    }
+}
+
+/// Runs each named test body once per backend, as `sqlite::NAME` and `postgres::NAME`.
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Backend::sqlite()).await;
+                }
+            )+
+        }
+
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Backend::postgres().await).await;
+                }
+            )+
+        }
+    };
+}
+
+on_both_backends!(
+    saved_turn_reads_back_in_order,
+    recent_messages_returns_newest_oldest_first,
+    unknown_session_is_none_and_empty,
+    failed_turn_writes_nothing,
+    concurrent_writers_lose_nothing,
+    data_survives_reopen,
+    concurrent_sessions_keep_turn_order,
+    failing_turn_loses_no_other_turn,
+    tool_calls_and_code_mode_record_read_back,
+    reads_never_see_half_a_turn,
+);
+
+pub(crate) fn turn(
+    session: &str,
+    turn_id: &str,
+    user: &str,
+    reply: &str,
+    usage: Option<Usage>,
+) -> NewTurn {
     let message = |role, content: &str, usage| NewMessage {
         role,
         content: content.to_owned(),
@@ -41,10 +134,8 @@ fn turn(session: &str, turn_id: &str, user: &str, reply: &str, usage: Option<Usa
     }
 }
 
-#[tokio::test]
-async fn saved_turn_reads_back_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn saved_turn_reads_back_in_order(backend: Backend) {
+    let store = backend.open().await;
     let usage = Usage {
         prompt_tokens: 10,
         completion_tokens: 5,
@@ -69,10 +160,8 @@ async fn saved_turn_reads_back_in_order() {
     assert_eq!(messages[2].turn_id, "t2");
 }
 
-#[tokio::test]
-async fn recent_messages_returns_newest_oldest_first() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn recent_messages_returns_newest_oldest_first(backend: Backend) {
+    let store = backend.open().await;
     for i in 0..5 {
         store
             .save_turn(&turn(
@@ -90,10 +179,8 @@ async fn recent_messages_returns_newest_oldest_first() {
     assert_eq!(contents, ["a3", "q4", "a4"]);
 }
 
-#[tokio::test]
-async fn unknown_session_is_none_and_empty() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn unknown_session_is_none_and_empty(backend: Backend) {
+    let store = backend.open().await;
     assert!(store.session_messages("missing").await.unwrap().is_none());
     assert!(
         store
@@ -104,28 +191,11 @@ async fn unknown_session_is_none_and_empty() {
     );
 }
 
-/// Makes every insert of a message with content `boom` fail, through a second connection.
-async fn reject_boom(dir: &tempfile::TempDir) {
-    let url = format!("sqlite://{}", dir.path().join("history.db").display());
-    let mut raw = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
-        .await
-        .unwrap();
-    sqlx::query(
-        "CREATE TRIGGER reject_boom BEFORE INSERT ON messages WHEN NEW.content = 'boom' \
-         BEGIN SELECT RAISE(ABORT, 'rejected by test trigger'); END",
-    )
-    .execute(&mut raw)
-    .await
-    .unwrap();
-}
-
-#[tokio::test]
-async fn failed_turn_writes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn failed_turn_writes_nothing(backend: Backend) {
+    let store = backend.open().await;
     // The trigger makes the assistant message fail after the session row and the user message
     // were inserted in the same transaction. All of it must roll back.
-    reject_boom(&dir).await;
+    backend.reject_boom().await;
 
     let result = store
         .save_turn(&turn("s1", "t1", "hello", "boom", None))
@@ -135,10 +205,8 @@ async fn failed_turn_writes_nothing() {
     assert!(store.recent_messages("s1", 10).await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn concurrent_writers_lose_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn concurrent_writers_lose_nothing(backend: Backend) {
+    let store = backend.open().await;
     let writers = (0..50).map(|i| {
         let store = store.clone();
         tokio::spawn(async move {
@@ -164,17 +232,16 @@ async fn concurrent_writers_lose_nothing() {
     }
 }
 
-#[tokio::test]
-async fn data_survives_reopen() {
-    let dir = tempfile::tempdir().unwrap();
+/// Reopening also applies the migrations again, which must find nothing left to do.
+async fn data_survives_reopen(backend: Backend) {
     {
-        let store = open(&dir).await;
+        let store = backend.open().await;
         store
             .save_turn(&turn("s1", "t1", "q", "a", None))
             .await
             .unwrap();
     }
-    let store = open(&dir).await;
+    let store = backend.open().await;
     assert_eq!(
         store.session_messages("s1").await.unwrap().unwrap().len(),
         2
@@ -200,10 +267,8 @@ async fn in_memory_store_reads_its_writes() {
     assert_eq!(store.recent_messages("s1", 10).await.unwrap().len(), 2);
 }
 
-#[tokio::test]
-async fn concurrent_sessions_keep_turn_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn concurrent_sessions_keep_turn_order(backend: Backend) {
+    let store = backend.open().await;
     // Each session saves its turns one after another, as the session lock makes the agent do,
     // while all sessions run at once, so the writer gets batches that mix sessions.
     let sessions = (0..40).map(|s| {
@@ -234,11 +299,9 @@ async fn concurrent_sessions_keep_turn_order() {
     }
 }
 
-#[tokio::test]
-async fn failing_turn_loses_no_other_turn() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
-    reject_boom(&dir).await;
+async fn failing_turn_loses_no_other_turn(backend: Backend) {
+    let store = backend.open().await;
+    backend.reject_boom().await;
     // Every fifth turn fails. All are sent at once, so failing and good turns share batches.
     let saves = (0..60).map(|i| {
         let store = store.clone();
@@ -267,10 +330,8 @@ async fn failing_turn_loses_no_other_turn() {
     }
 }
 
-#[tokio::test]
-async fn tool_calls_and_code_mode_record_read_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn tool_calls_and_code_mode_record_read_back(backend: Backend) {
+    let store = backend.open().await;
     let call = |name: &str, status, origin| ToolCallRecord {
         name: name.to_owned(),
         server: Some("files".to_owned()),
@@ -303,10 +364,8 @@ async fn tool_calls_and_code_mode_record_read_back() {
     assert_eq!(messages[3].code_mode, None);
 }
 
-#[tokio::test]
-async fn reads_never_see_half_a_turn() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn reads_never_see_half_a_turn(backend: Backend) {
+    let store = backend.open().await;
     let writer = {
         let store = store.clone();
         tokio::spawn(async move {

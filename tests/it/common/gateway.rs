@@ -17,6 +17,8 @@ pub struct Options {
     pub agent: &'static str,
     /// Extra top-level TOML, e.g. `[mcp.servers.NAME]` tables.
     pub extra: String,
+    /// `store.url`; default: a SQLite file in the gateway's temporary directory.
+    pub store_url: Option<String>,
 }
 
 pub struct TestGateway {
@@ -28,8 +30,12 @@ pub struct TestGateway {
     _dir: TempDir,
 }
 
-/// The config text the tests run with.
+/// The config text the tests run with, on `options.store_url` or else the SQLite file `db_path`.
 pub fn config_text(provider_url: &str, db_path: &str, options: &Options) -> String {
+    let store_url = options
+        .store_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{db_path}"));
     format!(
         r#"
 [app]
@@ -38,7 +44,7 @@ default_provider = "fake"
 shutdown_grace_ms = 5000
 
 [store]
-url = "sqlite://{db_path}"
+url = "{store_url}"
 
 [providers.fake]
 kind = "openai-compatible"

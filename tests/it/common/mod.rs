@@ -5,6 +5,7 @@
 pub mod fake_openai;
 pub mod gateway;
 pub mod mcp_servers;
+pub mod postgres;
 pub mod process;
 pub mod traffic;
 

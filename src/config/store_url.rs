@@ -1,0 +1,175 @@
+//! Checks of `store.url`: a SQLite URL, or a PostgreSQL URL in the form the store can open.
+//!
+//! A PostgreSQL URL usually carries a password, so no message here repeats the URL or a value
+//! from it, except for the values of `sslmode` and `port`, which are never secret.
+
+use std::net::IpAddr;
+
+use url::Url;
+
+/// The expected form, shown in every error about a PostgreSQL URL.
+const POSTGRES_FORM: &str = "postgres://USER:PASSWORD@HOST:PORT/DATABASE";
+
+/// The query parameters that sqlx 0.8 reads from a PostgreSQL URL and that work without TLS.
+/// sqlx logs any other parameter with its value, which may be a secret, so the rest are rejected.
+const POSTGRES_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// Parameters that only configure TLS.
+const TLS_PARAMETERS: &[&str] = &[
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+];
+
+/// Returns why `url` cannot be a store URL, or `None` when it can.
+pub(super) fn store_url_error(url: &str) -> Option<String> {
+    if url.starts_with("sqlite:") {
+        return None;
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return postgres_url_error(url).map(|problem| format!("invalid PostgreSQL URL: {problem}"));
+    }
+    Some(format!(
+        "`{}` is not a supported store URL; use sqlite://PATH, sqlite::memory: or {POSTGRES_FORM}",
+        super::mask_url_password(url)
+    ))
+}
+
+fn postgres_url_error(url: &str) -> Option<String> {
+    let parsed = match Url::parse(url) {
+        Ok(parsed) => parsed,
+        Err(err) => {
+            return Some(format!(
+                "{err}; expected {POSTGRES_FORM}, with the characters @ : / ? # % in the user \
+                 name or password percent-encoded (@ as %40)"
+            ));
+        }
+    };
+    if parsed.fragment().is_some() {
+        return Some(format!(
+            "it contains `#`, which ends the URL; percent-encode a # in the password as %23 \
+             (expected {POSTGRES_FORM})"
+        ));
+    }
+    let mut has_host = parsed.host_str().is_some_and(|host| !host.is_empty());
+    for (key, value) in parsed.query_pairs() {
+        has_host |= key == "host" || key == "hostaddr";
+        if let Some(problem) = parameter_error(&key, &value) {
+            return Some(problem);
+        }
+    }
+    if !has_host {
+        return Some(format!("it names no host; expected {POSTGRES_FORM}"));
+    }
+    None
+}
+
+fn parameter_error(key: &str, value: &str) -> Option<String> {
+    if TLS_PARAMETERS.contains(&key) {
+        return Some(format!("`{key}` configures TLS, {NO_TLS}"));
+    }
+    if key.starts_with("options[") && key.ends_with(']') {
+        return None;
+    }
+    if !POSTGRES_PARAMETERS.contains(&key) {
+        return Some(format!(
+            "unknown connection parameter `{key}`; supported: {}, options[NAME]",
+            POSTGRES_PARAMETERS.join(", ")
+        ));
+    }
+    match key {
+        "sslmode" | "ssl-mode" => ssl_mode_error(value),
+        "port" if value.parse::<u16>().is_err() => {
+            Some(format!("port `{value}` is not a number from 0 to 65535"))
+        }
+        "hostaddr" if value.parse::<IpAddr>().is_err() => {
+            Some("`hostaddr` is not an IP address".to_owned())
+        }
+        "statement-cache-capacity" if value.parse::<usize>().is_err() => {
+            Some("`statement-cache-capacity` is not a number".to_owned())
+        }
+        _ => None,
+    }
+}
+
+const NO_TLS: &str = "but this build of xiaomaolv connects to PostgreSQL without TLS; use \
+     sslmode=disable or prefer, on a network you trust";
+
+fn ssl_mode_error(value: &str) -> Option<String> {
+    match value.to_ascii_lowercase().as_str() {
+        "disable" | "allow" | "prefer" => None,
+        "require" | "verify-ca" | "verify-full" => {
+            Some(format!("sslmode={value} needs TLS, {NO_TLS}"))
+        }
+        _ => Some(format!(
+            "unknown sslmode `{value}`; use disable, allow or prefer"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_usual_forms() {
+        for url in [
+            "sqlite://xiaomaolv.db",
+            "sqlite::memory:",
+            "postgres://app:secret@db.internal:5432/history",
+            "postgresql://app@127.0.0.1/history?sslmode=disable&application_name=gw",
+            "postgres://app:p%40ss%23word@db/history",
+            "postgres:///history?host=/var/run/postgresql",
+            "postgres://app@db/history?options[statement_timeout]=5000",
+        ] {
+            assert_eq!(store_url_error(url), None, "{url}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_forms_without_echoing_password() {
+        let cases = [
+            ("postgres://app:pa/ss@db/history", "invalid port number"),
+            ("postgres://app:pa#ss@db/history", "percent-encode"),
+            ("postgres://app:secret@/history", "empty host"),
+            ("postgres:///history", "names no host"),
+            (
+                "postgres://app:pw@db/history?passwd=pw",
+                "unknown connection parameter `passwd`",
+            ),
+            ("postgres://app:pw@db/history?sslmode=require", "needs TLS"),
+            (
+                "postgres://app:pw@db/history?sslmode=sometimes",
+                "unknown sslmode",
+            ),
+            (
+                "postgres://app:pw@db/history?sslrootcert=/ca.pem",
+                "configures TLS",
+            ),
+            ("postgres://app:pw@db/history?port=99999", "port `99999`"),
+        ];
+        for (url, expected) in cases {
+            let message = store_url_error(url).expect(url);
+            assert!(message.contains(expected), "{url}: {message}");
+            assert!(!message.contains("pa/ss"), "{url}: {message}");
+            assert!(!message.contains("pa#ss"), "{url}: {message}");
+            assert!(!message.contains("secret"), "{url}: {message}");
+        }
+    }
+}
