@@ -21,3 +21,4 @@ mod sse;
 mod store;
 mod subprocess;
 mod tool_loop;
+mod upstream_faults;

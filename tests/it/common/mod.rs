@@ -6,6 +6,8 @@ pub mod fake_openai;
 pub mod gateway;
 pub mod mcp_servers;
 pub mod process;
+pub mod raw_upstream;
+pub mod sse_client;
 pub mod traffic;
 
 pub use fake_openai::{FakeOpenAi, Reply};
