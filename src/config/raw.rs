@@ -39,6 +39,10 @@ pub struct RawApp {
     /// After SIGINT or SIGTERM, how long in-flight turns may run before the process exits.
     /// Default 30000 ms.
     pub shutdown_grace_ms: Option<u64>,
+    /// Turns that may run at once, all sessions together, counting those that wait for their
+    /// session's lock. A `POST /v1/messages` beyond it gets 503 with `Retry-After` at once.
+    /// Default 1024.
+    pub max_concurrent_turns: Option<u32>,
 }
 
 /// Log line format.

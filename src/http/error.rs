@@ -12,6 +12,10 @@ use crate::provider::ProviderError;
 /// clients to stay away for days.
 const MAX_RETRY_AFTER_SECS: u64 = 3600;
 
+/// `Retry-After`, in seconds, of a request rejected by `app.max_concurrent_turns`. When a running
+/// turn will end is unknown, so this is the shortest delay the header can carry.
+const TOO_MANY_TURNS_RETRY_SECS: u64 = 1;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{message}")]
@@ -30,6 +34,11 @@ pub enum ApiError {
     BodyTimeout(std::time::Duration),
     #[error("{0} is not supported on this route")]
     MethodNotAllowed(String),
+    #[error(
+        "the gateway is already running its maximum of {limit} turns \
+         (app.max_concurrent_turns); nothing was stored, retry after the Retry-After delay"
+    )]
+    TooManyTurns { limit: u32 },
     #[error("internal error: {0}")]
     Internal(String),
     #[error("{0}")]
@@ -76,6 +85,7 @@ impl ApiError {
             Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::TooManyTurns { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Agent(AgentError::Provider(err)) => provider_status(err),
@@ -146,6 +156,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if matches!(self, Self::TooManyTurns { .. }) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, TOO_MANY_TURNS_RETRY_SECS.into());
         }
         if let Self::RateLimited(wait) = &self {
             response

@@ -8,6 +8,7 @@ pub mod rate_limit;
 mod routes;
 mod state;
 mod track;
+mod turn_limit;
 
 use std::future::Future;
 use std::time::Duration;
@@ -28,6 +29,7 @@ pub use error::ApiError;
 pub use routes::MAX_ID_BYTES;
 pub use routes::diag::{DIAG_PATH, METRICS_PATH};
 pub use state::AppState;
+pub use turn_limit::TurnLimit;
 
 /// Builds the router; with `channels.http.enabled = false` only `/health` is served.
 ///

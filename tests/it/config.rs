@@ -669,3 +669,13 @@ fn mcp_server_capabilities_parse_sorted_and_unknown_ones_are_rejected() {
         "{message}"
     );
 }
+
+#[test]
+fn max_concurrent_turns_defaults_and_rejects_zero() {
+    let config = parse_with(MINIMAL, &[]).unwrap();
+    assert_eq!(config.app.max_concurrent_turns, 1024);
+    let text = MINIMAL.replace("[store]", "max_concurrent_turns = 0\n\n[store]");
+    let error = error_text(&text, &[]);
+    assert!(error.contains("app.max_concurrent_turns"), "{error}");
+    assert!(error.contains("at least 1"), "{error}");
+}

@@ -21,4 +21,5 @@ mod sse;
 mod store;
 mod subprocess;
 mod tool_loop;
+mod turn_limit;
 mod upstream_faults;

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::{Stream, StreamExt, stream};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::{check_content_type, read_body, validate_id};
@@ -46,18 +46,22 @@ pub async fn post(
 ) -> Result<Response, ApiError> {
     let body = parse_body(&state, &headers, body).await?;
     let wants_stream = body.stream || accepts_event_stream(&headers);
+    let permit = state.turn_limit.try_start()?;
     let request = TurnRequest {
         session_id: body.session_id,
         user_id: body.user_id,
         text: body.text,
     };
     if wants_stream {
-        return stream_turn(state, request).await;
+        return stream_turn(state, request, permit).await;
     }
     let agent = state.agent.clone();
     let outcome = state
         .turns
-        .spawn(async move { agent.run_turn(request, None).await })
+        .spawn(async move {
+            let _permit = permit;
+            agent.run_turn(request, None).await
+        })
         .await
         .map_err(|err| ApiError::Internal(format!("turn task failed: {err}")))??;
     Ok(Json(outcome).into_response())
@@ -150,10 +154,15 @@ fn accepts_event_stream(headers: &HeaderMap) -> bool {
 ///
 /// Waiting for that first event lets a turn that fails before writing anything (provider down,
 /// rate limited) get a real HTTP error status instead of a 200 stream carrying an error.
-async fn stream_turn(state: AppState, request: TurnRequest) -> Result<Response, ApiError> {
+async fn stream_turn(
+    state: AppState,
+    request: TurnRequest,
+    permit: OwnedSemaphorePermit,
+) -> Result<Response, ApiError> {
     let (event_tx, mut event_rx) = mpsc::unbounded_channel();
     let agent = state.agent.clone();
     state.turns.spawn(async move {
+        let _permit = permit;
         let (text_tx, mut text_rx) = mpsc::unbounded_channel();
         let forward = async {
             while let Some(text) = text_rx.recv().await {
