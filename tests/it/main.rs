@@ -17,6 +17,7 @@ mod prometheus;
 mod provider;
 mod real_model;
 mod sandbox;
+mod shutdown;
 mod sse;
 mod store;
 mod subprocess;

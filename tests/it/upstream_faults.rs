@@ -11,7 +11,7 @@ use xiaomaolv::provider::wire::{ChatMessage, Role};
 use xiaomaolv::provider::{Completion, ProviderClient, ProviderError};
 
 use crate::common::fake_openai::completion;
-use crate::common::raw_upstream::{End, RawReply, RawUpstream};
+use crate::common::raw_upstream::{End, RawReply, RawUpstream, content_chunk as chunk};
 use crate::common::sse_client::{read_events, streamed_text};
 use crate::common::{Options, TestGateway, message};
 
@@ -29,12 +29,6 @@ fn with_invalid_byte(text: &str) -> Vec<u8> {
 /// Builds a completion whose content is not valid UTF-8.
 fn body_with_invalid_utf8() -> Vec<u8> {
     with_invalid_byte(&completion("caf@", None).to_string())
-}
-
-fn chunk(text: &str) -> String {
-    let chunk =
-        json!({ "choices": [{ "index": 0, "delta": { "content": text }, "finish_reason": null }] });
-    format!("data: {chunk}\n\n")
 }
 
 fn provider_config(base_url: String, max_retries: u32) -> ProviderConfig {

@@ -69,7 +69,7 @@ impl RawReply {
 
 /// Builds the status line and headers of a 200 response. Without a length, the body ends at the
 /// close.
-fn head(content_type: &str, length: Option<usize>) -> Vec<u8> {
+pub fn head(content_type: &str, length: Option<usize>) -> Vec<u8> {
     let mut text =
         format!("HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\nconnection: close\r\n");
     if let Some(length) = length {
@@ -77,6 +77,14 @@ fn head(content_type: &str, length: Option<usize>) -> Vec<u8> {
     }
     text.push_str("\r\n");
     text.into_bytes()
+}
+
+/// Builds one `data:` event of a streamed completion that adds `text` to the reply.
+pub fn content_chunk(text: &str) -> String {
+    let delta = serde_json::json!({ "content": text });
+    let chunk =
+        serde_json::json!({ "choices": [{ "index": 0, "delta": delta, "finish_reason": null }] });
+    format!("data: {chunk}\n\n")
 }
 
 #[derive(Default)]

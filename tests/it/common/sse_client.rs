@@ -12,7 +12,11 @@ pub async fn read_events(response: reqwest::Response) -> Vec<(String, Value)> {
         let Ok(piece) = piece else { break };
         bytes.extend_from_slice(&piece);
     }
-    let text = String::from_utf8(bytes).expect("the gateway sends UTF-8");
+    parse_events(&String::from_utf8(bytes).expect("the gateway sends UTF-8"))
+}
+
+/// Splits an event stream's text into `(event name, JSON data)` pairs, ignoring comments.
+pub fn parse_events(text: &str) -> Vec<(String, Value)> {
     text.split("\n\n")
         .filter(|block| block.contains("data:"))
         .map(|block| {
