@@ -7,6 +7,7 @@ mod code_mode;
 mod config;
 mod declarations;
 mod diag_auth;
+mod error_mapping;
 mod gateway_binary;
 mod http_api;
 mod mcp;
