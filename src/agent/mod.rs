@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 pub use catalog::{ToolCatalog, function_name};
 pub use locks::SessionLocks;
@@ -42,6 +43,11 @@ pub enum AgentError {
     Store(#[from] StoreError),
     #[error("timed out after {} ms waiting for an earlier turn on this session", .0.as_millis())]
     SessionBusy(Duration),
+    #[error(
+        "the gateway is shutting down and stopped this turn before it finished (app.shutdown_grace_ms \
+         ran out)"
+    )]
+    ShuttingDown,
 }
 
 /// A validated user message.
@@ -105,6 +111,8 @@ pub struct Agent {
     code_mode: Arc<CodeMode>,
     locks: SessionLocks,
     metrics: Metrics,
+    /// Cancelled when shutdown stops the turns still running; see [`Agent::stop_turns`].
+    stopping: CancellationToken,
 }
 
 impl Agent {
@@ -129,6 +137,7 @@ impl Agent {
             code_mode,
             locks: SessionLocks::default(),
             metrics: Metrics::default(),
+            stopping: CancellationToken::new(),
         }
     }
 
@@ -136,6 +145,22 @@ impl Agent {
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = metrics;
         self
+    }
+
+    /// Ends every running turn that has not started to save with [`AgentError::ShuttingDown`], and
+    /// every later turn at once. A turn that is saving finishes its save, so no turn is stored
+    /// in part and none is reported as failed after it was stored.
+    pub fn stop_turns(&self) {
+        self.stopping.cancel();
+    }
+
+    /// Runs `step` unless [`Agent::stop_turns`] was called before or while it runs.
+    async fn unless_stopped<T>(&self, step: impl Future<Output = T>) -> Result<T, AgentError> {
+        tokio::select! {
+            biased;
+            () = self.stopping.cancelled() => Err(AgentError::ShuttingDown),
+            output = step => Ok(output),
+        }
     }
 
     /// Runs one turn. With `text_tx`, the reply streams there as the model writes it.
@@ -146,8 +171,10 @@ impl Agent {
     ) -> Result<TurnOutcome, AgentError> {
         let started = Instant::now();
         let deadline = started + self.config.turn_timeout();
-        let _session = tokio::time::timeout_at(deadline, self.locks.lock(&request.session_id))
-            .await
+        let lock = tokio::time::timeout_at(deadline, self.locks.lock(&request.session_id));
+        let _session = self
+            .unless_stopped(lock)
+            .await?
             .map_err(|_| AgentError::SessionBusy(self.config.turn_timeout()))?;
         let locked = Instant::now();
         // Taken after the lock, so timestamps follow the order in which turns are stored.
@@ -155,14 +182,13 @@ impl Agent {
 
         let history = self
             .store
-            .recent_messages(&request.session_id, self.config.history_limit)
-            .await?;
+            .recent_messages(&request.session_id, self.config.history_limit);
+        let history = self.unless_stopped(history).await??;
         let messages = self.prompt(&history, &request.text);
         let provider = &self.providers[&self.default_provider];
         let turn_id = uuid::Uuid::now_v7().to_string();
-        let reply = self
-            .respond(provider, messages, deadline, text_tx, &turn_id)
-            .await?;
+        let reply = self.respond(provider, messages, deadline, text_tx, &turn_id);
+        let reply = self.unless_stopped(reply).await??;
         let mode = reply.mode();
         let completion = reply.completion;
 

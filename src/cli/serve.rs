@@ -12,7 +12,7 @@ use crate::code_mode::CodeMode;
 use crate::code_mode::subprocess::EngineCommand;
 use crate::config::{Config, mask_url_password};
 use crate::http::rate_limit::RateLimiter;
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, TurnLimit};
 use crate::mcp::McpHub;
 use crate::provider::ProviderClient;
 use crate::telemetry::{Metrics, ScrapeSources, Telemetry};
@@ -116,6 +116,10 @@ pub async fn build_state_with_engine(
         store,
         http: Arc::new(http.clone()),
         turns: TaskTracker::new(),
+        turn_limit: Arc::new(TurnLimit::new(
+            config.app.max_concurrent_turns,
+            metrics.clone(),
+        )),
         telemetry: Arc::new(Telemetry::new(metrics, sources)),
         diag_limiter: RateLimiter::per_minute(http.diag_rate_limit_per_minute).map(Arc::new),
     })

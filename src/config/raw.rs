@@ -36,9 +36,14 @@ pub struct RawApp {
     pub default_provider: Option<String>,
     /// Log line format: `human` or `json`. Default `human`; `serve --log-format` overrides it.
     pub log_format: Option<LogFormat>,
-    /// After SIGINT or SIGTERM, how long in-flight turns may run before the process exits.
-    /// Default 30000 ms.
+    /// After SIGINT or SIGTERM, how long in-flight turns may run. Turns still running then are
+    /// stopped before they save anything, and their clients get a 503 or a final SSE `error`
+    /// event. Default 30000 ms.
     pub shutdown_grace_ms: Option<u64>,
+    /// Turns that may run at once, all sessions together, counting those that wait for their
+    /// session's lock. A `POST /v1/messages` beyond it gets 503 with `Retry-After` at once.
+    /// Default 1024.
+    pub max_concurrent_turns: Option<u32>,
 }
 
 /// Log line format.

@@ -36,6 +36,7 @@ pub struct AppConfig {
     pub default_provider: String,
     pub log_format: LogFormat,
     pub shutdown_grace_ms: u64,
+    pub max_concurrent_turns: u32,
 }
 
 #[derive(Clone, Serialize)]
@@ -255,7 +256,26 @@ fn validate_app(
         default_provider,
         log_format: raw.log_format.unwrap_or_default(),
         shutdown_grace_ms: raw.shutdown_grace_ms.unwrap_or(30_000),
+        max_concurrent_turns: validate_max_turns(raw.max_concurrent_turns)?,
     })
+}
+
+/// Default of `app.max_concurrent_turns`.
+const DEFAULT_MAX_CONCURRENT_TURNS: u32 = 1024;
+
+fn validate_max_turns(value: Option<u32>) -> Result<u32, ConfigError> {
+    match value {
+        None => Ok(DEFAULT_MAX_CONCURRENT_TURNS),
+        Some(0) => Err(invalid(
+            "app.max_concurrent_turns",
+            format!(
+                "must be at least 1, because 0 would reject every message; set the number of \
+                 turns that may run at once, or remove the key for the default of \
+                 {DEFAULT_MAX_CONCURRENT_TURNS}"
+            ),
+        )),
+        Some(value) => Ok(value),
+    }
 }
 
 fn validate_store(raw: RawStore) -> Result<StoreConfig, ConfigError> {

@@ -5,8 +5,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use super::turn_errors::{self, SHORT_RETRY_SECS, StoreUse};
 use crate::agent::AgentError;
-use crate::provider::ProviderError;
+use crate::store::StoreError;
 
 /// Cap on the `Retry-After` passed on from a provider, so one odd upstream value cannot tell
 /// clients to stay away for days.
@@ -30,12 +31,21 @@ pub enum ApiError {
     BodyTimeout(std::time::Duration),
     #[error("{0} is not supported on this route")]
     MethodNotAllowed(String),
+    #[error(
+        "the gateway is already running its maximum of {limit} turns \
+         (app.max_concurrent_turns); nothing was stored, retry after the Retry-After delay"
+    )]
+    TooManyTurns { limit: u32 },
+    /// A bug: the turn task panicked. The message goes to the log only.
     #[error("internal error: {0}")]
     Internal(String),
     #[error("{0}")]
     NotFound(String),
     #[error(transparent)]
     Agent(#[from] AgentError),
+    /// The store failed outside a turn, while reading a session's history.
+    #[error(transparent)]
+    Store(StoreError),
     #[error("tool call failed: {0}")]
     Tool(crate::mcp::McpError),
 }
@@ -76,13 +86,11 @@ impl ApiError {
             Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::TooManyTurns { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            Self::Agent(AgentError::Provider(err)) => provider_status(err),
-            Self::Agent(AgentError::SessionBusy(_)) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "session_busy")
-            }
-            Self::Agent(AgentError::Store(_)) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
+            Self::Agent(err) => turn_errors::agent_status(err),
+            Self::Store(err) => turn_errors::store_status(err),
             Self::Tool(crate::mcp::McpError::Timeout(_)) => {
                 (StatusCode::GATEWAY_TIMEOUT, "tool_timeout")
             }
@@ -93,13 +101,23 @@ impl ApiError {
         }
     }
 
+    /// Returns whether the error is likely gone in a second: the gateway or the store was busy.
+    fn is_short_lived(&self) -> bool {
+        match self {
+            Self::TooManyTurns { .. } => true,
+            Self::Agent(AgentError::Store(err)) | Self::Store(err) => turn_errors::is_busy(err),
+            _ => false,
+        }
+    }
+
     pub fn client_message(&self) -> String {
         match self {
-            Self::Agent(AgentError::Store(_)) => {
-                "the conversation store failed; the turn was not saved, try again".to_owned()
-            }
-            Self::Agent(AgentError::Provider(err)) => format!("model provider error: {err}"),
-            Self::Internal(_) => "internal error; the details are in the gateway log".to_owned(),
+            Self::Agent(err) => turn_errors::agent_message(err),
+            Self::Store(err) => turn_errors::store_message(err, StoreUse::Read),
+            Self::Internal(_) => "the turn stopped with an internal error before it returned a \
+                                  reply. The gateway log has the cause; check the session's \
+                                  history before you send the message again"
+                .to_owned(),
             other => other.to_string(),
         }
     }
@@ -109,19 +127,6 @@ impl ApiError {
 pub fn retry_after_secs(wait: std::time::Duration) -> u64 {
     let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     seconds.max(1)
-}
-
-fn provider_status(err: &ProviderError) -> (StatusCode, &'static str) {
-    match err {
-        ProviderError::Timeout(_) | ProviderError::DeadlineExceeded => {
-            (StatusCode::GATEWAY_TIMEOUT, "provider_timeout")
-        }
-        ProviderError::Status { status: 429, .. } => {
-            (StatusCode::SERVICE_UNAVAILABLE, "provider_rate_limited")
-        }
-        ProviderError::Connect(_) => (StatusCode::SERVICE_UNAVAILABLE, "provider_unavailable"),
-        _ => (StatusCode::BAD_GATEWAY, "provider_error"),
-    }
 }
 
 impl IntoResponse for ApiError {
@@ -146,6 +151,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if self.is_short_lived() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, SHORT_RETRY_SECS.into());
         }
         if let Self::RateLimited(wait) = &self {
             response

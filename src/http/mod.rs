@@ -8,6 +8,8 @@ pub mod rate_limit;
 mod routes;
 mod state;
 mod track;
+mod turn_errors;
+mod turn_limit;
 
 use std::future::Future;
 use std::time::Duration;
@@ -28,6 +30,7 @@ pub use error::ApiError;
 pub use routes::MAX_ID_BYTES;
 pub use routes::diag::{DIAG_PATH, METRICS_PATH};
 pub use state::AppState;
+pub use turn_limit::TurnLimit;
 
 /// Builds the router; with `channels.http.enabled = false` only `/health` is served.
 ///
@@ -93,10 +96,16 @@ async fn method_not_allowed(method: axum::http::Method) -> ApiError {
 /// How long a client may take to send the request line and headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the turns stopped at the end of the grace period have to send their clients a 503 or
+/// a final SSE `error` event before the process exits anyway.
+const STOPPED_TURNS_FLUSH: Duration = Duration::from_secs(2);
+
 /// Serves `state` on `listener` until `shutdown` resolves, then drains within `grace`.
 ///
 /// After the signal the listener is closed, open requests and running turns continue, and the
-/// function returns when all are done or `grace` has elapsed, whichever comes first. Connections
+/// function returns when all are done or `grace` has elapsed, whichever comes first. Turns still
+/// running then are stopped before they save anything, and their clients get a 503 or a final
+/// SSE `error` event, within [`STOPPED_TURNS_FLUSH`] at most. Connections
 /// are served by hyper directly rather than through `axum::serve` so that slow clients get a
 /// header read timeout.
 pub async fn serve(
@@ -151,12 +160,23 @@ pub async fn serve(
         connections.shutdown().await;
         state.turns.wait().await;
     };
-    if tokio::time::timeout(grace, drain).await.is_ok() {
+    let mut drain = std::pin::pin!(drain);
+    if tokio::time::timeout(grace, drain.as_mut()).await.is_ok() {
         tracing::info!("All requests finished; shutting down");
-    } else {
+        return Ok(());
+    }
+    tracing::warn!(
+        turns_in_flight = state.turns.len(),
+        "Grace period elapsed before all turns finished; stopping them and telling their clients"
+    );
+    state.agent.stop_turns();
+    if tokio::time::timeout(STOPPED_TURNS_FLUSH, drain)
+        .await
+        .is_err()
+    {
         tracing::warn!(
             turns_in_flight = state.turns.len(),
-            "Grace period elapsed before all connections and turns finished; exiting anyway"
+            "Connections were still open after the stopped turns; exiting anyway"
         );
     }
     Ok(())

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tokio_util::task::TaskTracker;
 
 use super::rate_limit::RateLimiter;
+use super::turn_limit::TurnLimit;
 use crate::agent::Agent;
 use crate::config::HttpChannelConfig;
 use crate::store::HistoryStore;
@@ -17,6 +18,8 @@ pub struct AppState {
     pub http: Arc<HttpChannelConfig>,
     /// Every running turn, so shutdown can wait for them.
     pub turns: TaskTracker,
+    /// The cap on turns running at once.
+    pub turn_limit: Arc<TurnLimit>,
     /// Metric instruments, the exposition and what the diag endpoint reads.
     pub telemetry: Arc<Telemetry>,
     /// The diagnostics endpoints' limiter; `None` when `diag_rate_limit_per_minute` is 0.

@@ -1,5 +1,6 @@
 //! The HTTP client of one OpenAI-compatible provider: requests, retries and streaming.
 
+use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
@@ -10,13 +11,20 @@ use tokio::time::Instant;
 use super::ProviderError;
 use super::completion::{Completion, CompletionBuilder};
 use super::retry::{RetryPolicy, parse_retry_after};
-use super::sse::SseDecoder;
+use super::sse::{InvalidUtf8, SseDecoder};
 use super::wire::{ChatChunk, ChatCompletion, ChatMessage, ChatRequest, StreamOptions, ToolSpec};
 use crate::config::{ProviderConfig, Secret};
 use crate::telemetry::Metrics;
 
 /// Maximum length of the upstream error text quoted in an error message, in characters.
 const MAX_ERROR_BODY_CHARS: usize = 300;
+
+/// The start of a streaming request: an event stream to read, or the whole JSON body of a server
+/// that ignored `stream: true`.
+enum StreamStart {
+    Events(reqwest::Response, Duration),
+    Json(Vec<u8>),
+}
 
 /// A client for one `[providers.NAME]` entry.
 #[derive(Debug, Clone)]
@@ -124,9 +132,21 @@ impl ProviderClient {
         deadline: Instant,
     ) -> Result<Completion, ProviderError> {
         let request = self.request(messages, tools, false);
-        let (response, timeout) = self.send_with_retries(&request, deadline).await?;
-        let bytes = self.read_body(response, timeout).await?;
+        let bytes = self
+            .with_retries(deadline, |timeout| self.fetch_body(&request, timeout))
+            .await?;
         parse_completion(&bytes)
+    }
+
+    /// Sends `request` once and reads the whole body, so that a connection that breaks
+    /// mid-body is retried like one that breaks before the status line.
+    async fn fetch_body(
+        &self,
+        request: &ChatRequest,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, ProviderError> {
+        let response = self.send_once(request, timeout).await?;
+        self.read_body(response, timeout).await
     }
 
     /// Sends one streaming request; each text fragment goes to `text_tx` as it arrives.
@@ -156,23 +176,42 @@ impl ProviderClient {
         text_tx: &mpsc::UnboundedSender<String>,
     ) -> Result<Completion, ProviderError> {
         let request = self.request(messages, tools, true);
-        let (response, timeout) = self.send_with_retries(&request, deadline).await?;
+        let start = self
+            .with_retries(deadline, |timeout| self.start_stream(&request, timeout))
+            .await?;
+        let (response, timeout) = match start {
+            StreamStart::Events(response, timeout) => (response, timeout),
+            StreamStart::Json(bytes) => {
+                let completion = parse_completion(&bytes)?;
+                if !completion.content.is_empty() {
+                    let _ = text_tx.send(completion.content.clone());
+                }
+                return Ok(completion);
+            }
+        };
+        read_event_stream(response, timeout, self.max_response_bytes, text_tx)
+            .await
+            .map_err(|err| self.redact(self.attribute_timeout(err)))
+    }
+
+    /// Sends `request` once. A server that ignored `stream: true` has its JSON body read here,
+    /// inside the retry loop, because no fragment of it has reached the client yet.
+    async fn start_stream(
+        &self,
+        request: &ChatRequest,
+        timeout: Duration,
+    ) -> Result<StreamStart, ProviderError> {
+        let response = self.send_once(request, timeout).await?;
         let is_event_stream = response
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.to_ascii_lowercase().starts_with("text/event-stream"));
-        if !is_event_stream {
-            let bytes = self.read_body(response, timeout).await?;
-            let completion = parse_completion(&bytes)?;
-            if !completion.content.is_empty() {
-                let _ = text_tx.send(completion.content.clone());
-            }
-            return Ok(completion);
+        if is_event_stream {
+            return Ok(StreamStart::Events(response, timeout));
         }
-        read_event_stream(response, timeout, self.max_response_bytes, text_tx)
-            .await
-            .map_err(|err| self.redact(self.attribute_timeout(err)))
+        let bytes = self.read_body(response, timeout).await?;
+        Ok(StreamStart::Json(bytes))
     }
 
     /// Reads a whole response body, up to `max_response_bytes`.
@@ -235,11 +274,17 @@ impl ProviderClient {
         }
     }
 
-    async fn send_with_retries(
+    /// Runs `attempt` with the time left for it until it succeeds, a non-retryable error
+    /// occurs, the retries run out, or the next backoff would pass `deadline`.
+    async fn with_retries<T, F, Fut>(
         &self,
-        request: &ChatRequest,
         deadline: Instant,
-    ) -> Result<(reqwest::Response, Duration), ProviderError> {
+        mut attempt: F,
+    ) -> Result<T, ProviderError>
+    where
+        F: FnMut(Duration) -> Fut,
+        Fut: Future<Output = Result<T, ProviderError>>,
+    {
         let mut retry = 0;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -247,8 +292,8 @@ impl ProviderClient {
                 return Err(ProviderError::DeadlineExceeded);
             }
             let timeout = self.request_timeout.min(remaining);
-            let error = match self.send_once(request, timeout).await {
-                Ok(response) => return Ok((response, timeout)),
+            let error = match attempt(timeout).await {
+                Ok(value) => return Ok(value),
                 Err(error) => error,
             };
             let error = self.attribute_timeout(error);
@@ -337,6 +382,13 @@ fn upstream_message(body: &str) -> String {
 }
 
 fn parse_completion(bytes: &[u8]) -> Result<Completion, ProviderError> {
+    // Checked before serde so that the error names the problem instead of "invalid unicode code
+    // point", and so that bad bytes are rejected the same way as in a streamed reply.
+    if let Err(err) = std::str::from_utf8(bytes) {
+        return Err(ProviderError::InvalidResponse(format!(
+            "the response body is not valid UTF-8 ({err})"
+        )));
+    }
     let response: ChatCompletion = serde_json::from_slice(bytes).map_err(|err| {
         ProviderError::InvalidResponse(format!("body is not a chat completion: {err}"))
     })?;
@@ -366,16 +418,20 @@ async fn read_event_stream(
         if received > max_bytes {
             return Err(too_large(max_bytes));
         }
-        for event in decoder.push(&piece) {
+        for event in decoder.push(&piece).map_err(invalid_utf8)? {
             if apply_event(&event.data, &mut builder, text_tx)?.is_break() {
                 return finish_stream(builder);
             }
         }
     }
-    if let Some(event) = decoder.finish() {
+    if let Some(event) = decoder.finish().map_err(invalid_utf8)? {
         let _ = apply_event(&event.data, &mut builder, text_tx)?;
     }
     finish_stream(builder)
+}
+
+fn invalid_utf8(err: InvalidUtf8) -> ProviderError {
+    ProviderError::InvalidResponse(err.to_string())
 }
 
 fn apply_event(

@@ -64,8 +64,13 @@ impl ProviderError {
             Self::Timeout(timeout)
         } else if err.is_connect() {
             Self::Connect(error_chain(&err))
-        } else if err.is_decode() {
-            Self::InvalidResponse(error_chain(&err))
+        } else if err.is_body() || err.is_decode() {
+            // reqwest reports a body that broke off mid-read (reset, early close) as a decode
+            // error. No decoding feature is enabled, so these are transport failures.
+            Self::Transport(format!(
+                "the connection broke while reading the response body: {}",
+                error_chain(&err)
+            ))
         } else {
             Self::Transport(error_chain(&err))
         }

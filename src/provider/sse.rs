@@ -2,7 +2,17 @@
 //!
 //! Bytes arrive in arbitrary pieces: an event may be split across reads, one read may hold several
 //! events, and lines may end in `\n`, `\r\n` or `\r`. The decoder buffers raw bytes and only decodes
-//! complete lines, so a multi-byte UTF-8 character split across reads is never mangled.
+//! complete lines, so a multi-byte UTF-8 character split across reads is never mangled. A complete
+//! line that is not valid UTF-8 is an error, because replacing the bad bytes would store a reply
+//! that differs from what the model sent.
+
+/// A line of the stream that is not valid UTF-8.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("an event stream line is not valid UTF-8 ({source})")]
+pub struct InvalidUtf8 {
+    #[source]
+    pub source: std::str::Utf8Error,
+}
 
 /// One dispatched event: its `event:` name (if any) and its `data:` lines joined by `\n`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,11 +38,13 @@ impl SseDecoder {
     }
 
     /// Appends `bytes` and returns every event completed by them.
-    pub fn push(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
+    ///
+    /// Fails when a complete line is not valid UTF-8. The decoder must not be used after that.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, InvalidUtf8> {
         // An empty read must keep `pending_cr`, or the `\n` of a split `\r\n` would count as a
         // blank line and end the event early.
         if bytes.is_empty() {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let mut bytes = bytes;
         if self.pending_cr && bytes.first() == Some(&b'\n') {
@@ -49,11 +61,11 @@ impl SseDecoder {
         while index < self.buffer.len() {
             match self.buffer[index] {
                 b'\n' => {
-                    self.take_line(start, index, &mut events);
+                    self.take_line(start, index, &mut events)?;
                     start = index + 1;
                 }
                 b'\r' => {
-                    self.take_line(start, index, &mut events);
+                    self.take_line(start, index, &mut events)?;
                     if index + 1 == self.buffer.len() {
                         self.pending_cr = true;
                     } else if self.buffer[index + 1] == b'\n' {
@@ -66,25 +78,31 @@ impl SseDecoder {
             index += 1;
         }
         self.buffer.drain(..start);
-        events
+        Ok(events)
     }
 
     /// Dispatches a final event that the server did not terminate with a blank line.
-    pub fn finish(&mut self) -> Option<SseEvent> {
+    pub fn finish(&mut self) -> Result<Option<SseEvent>, InvalidUtf8> {
         if !self.buffer.is_empty() {
             let line = std::mem::take(&mut self.buffer);
-            self.field(&String::from_utf8_lossy(&line));
+            self.field(decode_line(&line)?);
         }
-        self.dispatch()
+        Ok(self.dispatch())
     }
 
-    fn take_line(&mut self, start: usize, end: usize, events: &mut Vec<SseEvent>) {
+    fn take_line(
+        &mut self,
+        start: usize,
+        end: usize,
+        events: &mut Vec<SseEvent>,
+    ) -> Result<(), InvalidUtf8> {
         if start == end {
             events.extend(self.dispatch());
-            return;
+            return Ok(());
         }
-        let line = String::from_utf8_lossy(&self.buffer[start..end]).into_owned();
+        let line = decode_line(&self.buffer[start..end])?.to_owned();
         self.field(&line);
+        Ok(())
     }
 
     fn field(&mut self, line: &str) {
@@ -116,4 +134,8 @@ impl SseDecoder {
             data: std::mem::take(&mut self.data).join("\n"),
         })
     }
+}
+
+fn decode_line(line: &[u8]) -> Result<&str, InvalidUtf8> {
+    std::str::from_utf8(line).map_err(|source| InvalidUtf8 { source })
 }

@@ -85,6 +85,7 @@ pub struct Metrics {
     http_request_duration: HistogramFamily<RouteLabel>,
     gateway_overhead: Histogram,
     diag_rejected: Family<ReasonLabel, Counter>,
+    turns_rejected: Counter,
 }
 
 /// Outcomes of a code-mode tool call.
@@ -119,6 +120,7 @@ impl Metrics {
             http_request_duration: Family::new_with_constructor(latency_histogram),
             gateway_overhead: Histogram::new(OVERHEAD_BUCKETS),
             diag_rejected: Family::default(),
+            turns_rejected: Counter::default(),
         }
     }
 
@@ -194,6 +196,11 @@ impl Metrics {
         self.diag_rejected
             .get_or_create(&ReasonLabel { reason })
             .inc();
+    }
+
+    /// Counts a message request rejected because `app.max_concurrent_turns` turns were running.
+    pub fn count_turn_rejection(&self) {
+        self.turns_rejected.inc();
     }
 }
 
@@ -281,6 +288,7 @@ fn registry(metrics: &Metrics, sources: &ScrapeSources, format: Format) -> Regis
     );
     register(&mut registry, names::GATEWAY_OVERHEAD, m.gateway_overhead);
     register(&mut registry, names::DIAG_REJECTED, m.diag_rejected);
+    register(&mut registry, names::TURNS_REJECTED, m.turns_rejected);
     register(&mut registry, names::BUILD_INFO, Info::new(build_labels()));
     registry.register_collector(Box::new(GatewayCollector::new(sources.clone(), format)));
     registry

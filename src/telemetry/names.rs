@@ -228,6 +228,11 @@ pub const DIAG_REJECTED: MetricName = MetricName::new(
     Counter,
     "Requests to the diagnostics endpoints rejected by reason: rate_limited or unauthorized",
 );
+pub const TURNS_REJECTED: MetricName = MetricName::new(
+    "xiaomaolv_turns_rejected",
+    Counter,
+    "Message requests rejected with 503 before their turn started, because app.max_concurrent_turns turns were running",
+);
 pub const MCP_SERVERS: MetricName = MetricName::new(
     "xiaomaolv_mcp_servers",
     Gauge,
@@ -245,7 +250,7 @@ pub const BUILD_INFO: MetricName = MetricName::new(
 );
 
 /// Every family, in the order of the exposition.
-pub const ALL: [MetricName; 38] = [
+pub const ALL: [MetricName; 39] = [
     CODE_MODE_ATTEMPTS,
     CODE_MODE_USED,
     CODE_MODE_FALLBACK,
@@ -281,6 +286,7 @@ pub const ALL: [MetricName; 38] = [
     HTTP_REQUEST_DURATION,
     GATEWAY_OVERHEAD,
     DIAG_REJECTED,
+    TURNS_REJECTED,
     MCP_SERVERS,
     START_TIME,
     BUILD_INFO,

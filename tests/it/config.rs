@@ -729,3 +729,13 @@ fn unsupported_store_url_lists_forms() {
     );
     assert!(!message.contains("pw-93b1"), "{message}");
 }
+
+#[test]
+fn max_concurrent_turns_defaults_and_rejects_zero() {
+    let config = parse_with(MINIMAL, &[]).unwrap();
+    assert_eq!(config.app.max_concurrent_turns, 1024);
+    let text = MINIMAL.replace("[store]", "max_concurrent_turns = 0\n\n[store]");
+    let error = error_text(&text, &[]);
+    assert!(error.contains("app.max_concurrent_turns"), "{error}");
+    assert!(error.contains("at least 1"), "{error}");
+}

@@ -21,9 +21,9 @@ fn decode_pieces(pieces: &[&[u8]]) -> Vec<SseEvent> {
     let mut decoder = SseDecoder::new();
     let mut events = Vec::new();
     for piece in pieces {
-        events.extend(decoder.push(piece));
+        events.extend(decoder.push(piece).unwrap());
     }
-    events.extend(decoder.finish());
+    events.extend(decoder.finish().unwrap());
     events
 }
 
@@ -96,19 +96,21 @@ fn sample_in_one_byte_pieces() {
 #[test]
 fn event_split_across_reads() {
     let mut decoder = SseDecoder::new();
-    assert_eq!(decoder.push(b"da"), vec![]);
-    assert_eq!(decoder.push(b"ta: hel"), vec![]);
-    assert_eq!(decoder.push(b"lo\n"), vec![]);
-    assert_eq!(decoder.push(b"\n"), vec![data("hello")]);
-    assert_eq!(decoder.finish(), None);
+    assert_eq!(decoder.push(b"da").unwrap(), vec![]);
+    assert_eq!(decoder.push(b"ta: hel").unwrap(), vec![]);
+    assert_eq!(decoder.push(b"lo\n").unwrap(), vec![]);
+    assert_eq!(decoder.push(b"\n").unwrap(), vec![data("hello")]);
+    assert_eq!(decoder.finish().unwrap(), None);
 }
 
 #[test]
 fn several_events_in_one_read() {
     let mut decoder = SseDecoder::new();
-    let events = decoder.push(b"data: a\n\ndata: b\n\ndata: c\n\ndata: d");
+    let events = decoder
+        .push(b"data: a\n\ndata: b\n\ndata: c\n\ndata: d")
+        .unwrap();
     assert_eq!(events, vec![data("a"), data("b"), data("c")]);
-    assert_eq!(decoder.finish(), Some(data("d")));
+    assert_eq!(decoder.finish().unwrap(), Some(data("d")));
 }
 
 #[test]
@@ -126,21 +128,24 @@ fn lone_cr_line_endings() {
 #[test]
 fn crlf_split_between_reads() {
     let mut decoder = SseDecoder::new();
-    assert_eq!(decoder.push(b"data: a\r"), vec![]);
+    assert_eq!(decoder.push(b"data: a\r").unwrap(), vec![]);
     // The `\n` completes the `\r\n` above, so it is not a blank line that ends the event.
-    assert_eq!(decoder.push(b"\ndata: b\r"), vec![]);
-    assert_eq!(decoder.push(b"\n\r"), vec![data("a\nb")]);
-    assert_eq!(decoder.push(b"\n"), vec![]);
-    assert_eq!(decoder.finish(), None);
+    assert_eq!(decoder.push(b"\ndata: b\r").unwrap(), vec![]);
+    assert_eq!(decoder.push(b"\n\r").unwrap(), vec![data("a\nb")]);
+    assert_eq!(decoder.push(b"\n").unwrap(), vec![]);
+    assert_eq!(decoder.finish().unwrap(), None);
 }
 
 #[test]
 fn empty_read_between_cr_and_lf() {
     let mut decoder = SseDecoder::new();
-    assert_eq!(decoder.push(b"data: a\r"), vec![]);
-    assert_eq!(decoder.push(b""), vec![]);
-    assert_eq!(decoder.push(b"\ndata: b\r\n\r\n"), vec![data("a\nb")]);
-    assert_eq!(decoder.finish(), None);
+    assert_eq!(decoder.push(b"data: a\r").unwrap(), vec![]);
+    assert_eq!(decoder.push(b"").unwrap(), vec![]);
+    assert_eq!(
+        decoder.push(b"\ndata: b\r\n\r\n").unwrap(),
+        vec![data("a\nb")]
+    );
+    assert_eq!(decoder.finish().unwrap(), None);
 }
 
 #[test]
@@ -195,22 +200,47 @@ fn only_one_leading_space_is_stripped() {
 fn finish_dispatches_unterminated_event() {
     let mut decoder = SseDecoder::new();
     assert_eq!(
-        decoder.push(b"data: complete\n\ndata: last"),
+        decoder.push(b"data: complete\n\ndata: last").unwrap(),
         vec![data("complete")]
     );
-    assert_eq!(decoder.finish(), Some(data("last")));
+    assert_eq!(decoder.finish().unwrap(), Some(data("last")));
 }
 
 #[test]
 fn finish_dispatches_event_missing_blank_line() {
     let mut decoder = SseDecoder::new();
-    assert_eq!(decoder.push(b"event: delta\ndata: last\n"), vec![]);
-    assert_eq!(decoder.finish(), Some(named("delta", "last")));
+    assert_eq!(decoder.push(b"event: delta\ndata: last\n").unwrap(), vec![]);
+    assert_eq!(decoder.finish().unwrap(), Some(named("delta", "last")));
 }
 
 #[test]
 fn finish_on_empty_stream_is_none() {
     let mut decoder = SseDecoder::new();
-    assert_eq!(decoder.push(b": only a comment\n\n"), vec![]);
-    assert_eq!(decoder.finish(), None);
+    assert_eq!(decoder.push(b": only a comment\n\n").unwrap(), vec![]);
+    assert_eq!(decoder.finish().unwrap(), None);
+}
+
+#[test]
+fn invalid_utf8_line_is_an_error() {
+    let mut decoder = SseDecoder::new();
+    let error = decoder.push(b"data: caf\xe9\n\n").unwrap_err();
+    assert!(error.to_string().contains("not valid UTF-8"), "{error}");
+}
+
+#[test]
+fn invalid_utf8_in_unterminated_line_is_an_error() {
+    let mut decoder = SseDecoder::new();
+    assert_eq!(
+        decoder.push(b"data: ok\n\ndata: \xff").unwrap(),
+        vec![data("ok")]
+    );
+    assert!(decoder.finish().is_err());
+}
+
+#[test]
+fn truncated_character_before_line_end_is_an_error() {
+    // The first two bytes of "世" followed by the line ending: the character never completes.
+    let mut decoder = SseDecoder::new();
+    assert_eq!(decoder.push(b"data: \xe4\xb8").unwrap(), vec![]);
+    assert!(decoder.push(b"\n\n").is_err());
 }

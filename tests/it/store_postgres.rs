@@ -349,8 +349,8 @@ async fn lost_database_fails_health_and_turns() {
     let health = gateway.client.get(gateway.url("/health"));
     assert_eq!(health.send().await.unwrap().status(), 503);
     let (status, body) = gateway.send(message("s1", "hello")).await;
-    assert_eq!(status, 500, "{body}");
-    assert_eq!(body["error"]["type"], "store_error");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["type"], "store_unavailable");
     assert!(!body.to_string().contains(PASSWORD), "{body}");
 }
 

@@ -1,9 +1,12 @@
 //! `POST /v1/messages`: one user message in, the agent's reply out, as JSON or Server-Sent Events.
 //!
 //! The turn runs in its own task, so a client that disconnects does not cancel it: the reply is
-//! still generated and stored, and shutdown waits for it.
+//! still generated and stored, and shutdown waits for it until `app.shutdown_grace_ms` runs out.
+//! Then a turn that has not started to save ends, and its client gets a 503 or, when the stream
+//! has already begun, a final `error` event.
 
 use std::convert::Infallible;
+use std::panic::AssertUnwindSafe;
 
 use axum::Json;
 use axum::body::Body;
@@ -11,14 +14,14 @@ use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::{Stream, StreamExt, stream};
+use futures_util::{FutureExt, Stream, StreamExt, stream};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::{check_content_type, read_body, validate_id};
-use crate::agent::{AgentError, TurnOutcome, TurnRequest};
+use crate::agent::{TurnOutcome, TurnRequest};
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
 
@@ -36,7 +39,7 @@ pub struct MessageBody {
 /// An event of a streaming turn: text fragments in order, then one final result.
 enum TurnEvent {
     Delta(String),
-    Done(Box<Result<TurnOutcome, AgentError>>),
+    Done(Box<Result<TurnOutcome, ApiError>>),
 }
 
 pub async fn post(
@@ -46,18 +49,22 @@ pub async fn post(
 ) -> Result<Response, ApiError> {
     let body = parse_body(&state, &headers, body).await?;
     let wants_stream = body.stream || accepts_event_stream(&headers);
+    let permit = state.turn_limit.try_start()?;
     let request = TurnRequest {
         session_id: body.session_id,
         user_id: body.user_id,
         text: body.text,
     };
     if wants_stream {
-        return stream_turn(state, request).await;
+        return stream_turn(state, request, permit).await;
     }
     let agent = state.agent.clone();
     let outcome = state
         .turns
-        .spawn(async move { agent.run_turn(request, None).await })
+        .spawn(async move {
+            let _permit = permit;
+            agent.run_turn(request, None).await
+        })
         .await
         .map_err(|err| ApiError::Internal(format!("turn task failed: {err}")))??;
     Ok(Json(outcome).into_response())
@@ -150,10 +157,15 @@ fn accepts_event_stream(headers: &HeaderMap) -> bool {
 ///
 /// Waiting for that first event lets a turn that fails before writing anything (provider down,
 /// rate limited) get a real HTTP error status instead of a 200 stream carrying an error.
-async fn stream_turn(state: AppState, request: TurnRequest) -> Result<Response, ApiError> {
+async fn stream_turn(
+    state: AppState,
+    request: TurnRequest,
+    permit: OwnedSemaphorePermit,
+) -> Result<Response, ApiError> {
     let (event_tx, mut event_rx) = mpsc::unbounded_channel();
     let agent = state.agent.clone();
     state.turns.spawn(async move {
+        let _permit = permit;
         let (text_tx, mut text_rx) = mpsc::unbounded_channel();
         let forward = async {
             while let Some(text) = text_rx.recv().await {
@@ -165,14 +177,20 @@ async fn stream_turn(state: AppState, request: TurnRequest) -> Result<Response, 
             drop(text_tx);
             result
         };
-        let (result, ()) = tokio::join!(turn, forward);
+        // A panic must still end the stream with an error event, not cut it silently.
+        let (result, ()) = tokio::join!(AssertUnwindSafe(turn).catch_unwind(), forward);
+        let result = match result {
+            Ok(result) => result.map_err(ApiError::from),
+            Err(_) => Err(ApiError::Internal("the streaming turn panicked".to_owned())),
+        };
         let _ = event_tx.send(TurnEvent::Done(Box::new(result)));
     });
 
-    let first = event_rx
-        .recv()
-        .await
-        .expect("the turn task always sends a final event");
+    let Some(first) = event_rx.recv().await else {
+        return Err(ApiError::Internal(
+            "the streaming turn ended without a result".to_owned(),
+        ));
+    };
     if let TurnEvent::Done(result) = first {
         let outcome = (*result)?;
         let events = stream::iter([Ok::<_, Infallible>(done_event(&outcome))]);
@@ -209,8 +227,7 @@ fn done_event(outcome: &TurnOutcome) -> Event {
         .data(serde_json::to_string(outcome).expect("outcome serializes"))
 }
 
-fn error_event(err: AgentError) -> Event {
-    let error = ApiError::Agent(err);
+fn error_event(error: ApiError) -> Event {
     let (status, kind) = error.status_and_kind();
     tracing::warn!(status = status.as_u16(), kind, error = %error, "Streaming turn failed");
     let body = json!({ "error": { "type": kind, "status": status.as_u16(), "message": error.client_message() } });

@@ -6,7 +6,6 @@ use axum::extract::{Path, State};
 use serde::Serialize;
 
 use super::validate_id;
-use crate::agent::AgentError;
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
 use crate::store::StoredMessage;
@@ -32,7 +31,7 @@ pub async fn messages(
         .store
         .session_messages(&session_id)
         .await
-        .map_err(AgentError::from)?
+        .map_err(ApiError::Store)?
         .ok_or_else(|| ApiError::NotFound(format!("session `{session_id}` not found")))?;
     Ok(Json(SessionHistory {
         session_id,

@@ -12,6 +12,7 @@ use xiaomaolv::http::AppState;
 /// Extra TOML lines for the tables of the test config.
 #[derive(Default, Clone)]
 pub struct Options {
+    pub app: &'static str,
     pub provider: &'static str,
     pub http: &'static str,
     pub agent: &'static str,
@@ -42,6 +43,7 @@ pub fn config_text(provider_url: &str, db_path: &str, options: &Options) -> Stri
 bind = "127.0.0.1:0"
 default_provider = "fake"
 shutdown_grace_ms = 5000
+{app}
 
 [store]
 url = "{store_url}"
@@ -62,6 +64,7 @@ retry_max_backoff_ms = 2000
 
 {extra}
 "#,
+        app = options.app,
         provider = options.provider,
         http = options.http,
         agent = options.agent,

@@ -7,6 +7,8 @@ pub mod gateway;
 pub mod mcp_servers;
 pub mod postgres;
 pub mod process;
+pub mod raw_upstream;
+pub mod sse_client;
 pub mod traffic;
 
 pub use fake_openai::{FakeOpenAi, Reply};
