@@ -1,6 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use tokio::runtime::{Builder, Runtime};
 use xiaomaolv::cli::{self, Cli, Command};
 use xiaomaolv::code_mode::subprocess;
 
@@ -20,13 +21,35 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let result = runtime.block_on(cli::run(cli));
+    let (runtime, result) = match cli.command {
+        Command::Serve(args) => {
+            let loaded = cli::serve::load(&args)?;
+            let runtime = runtime(loaded.config.app.worker_threads)?;
+            let result = runtime.block_on(cli::serve::run_loaded(args, loaded));
+            (runtime, result)
+        }
+        command => {
+            let runtime = runtime(0)?;
+            let result = runtime.block_on(cli::run(Cli { command }));
+            (runtime, result)
+        }
+    };
     // An in-process code-mode engine abandoned at its deadline may still be spinning on a blocking
     // thread; the process must not wait for it after the server has stopped.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     result?;
     Ok(())
+}
+
+/// Builds the runtime for `app.worker_threads`: one worker per CPU for 0, everything on this
+/// thread for 1, else that many workers.
+fn runtime(worker_threads: u16) -> std::io::Result<Runtime> {
+    match worker_threads {
+        0 => Builder::new_multi_thread().enable_all().build(),
+        1 => Builder::new_current_thread().enable_all().build(),
+        workers => Builder::new_multi_thread()
+            .worker_threads(usize::from(workers))
+            .enable_all()
+            .build(),
+    }
 }

@@ -1,6 +1,7 @@
 //! `xiaomaolv serve`: wire the configured parts together and run until a signal.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -18,15 +19,40 @@ use crate::provider::ProviderClient;
 use crate::telemetry::{Metrics, ScrapeSources, Telemetry};
 use crate::{store, telemetry};
 
-pub async fn run(args: ServeArgs) -> Result<(), CliError> {
-    let config_file = args.config.clone().or_else(|| {
-        let default = std::path::PathBuf::from(super::DEFAULT_CONFIG_FILE);
+/// The settings `serve` runs with and the file they came from.
+#[derive(Debug)]
+pub struct ServeConfig {
+    pub config: Config,
+    /// `None` when the gateway runs on its embedded defaults.
+    pub file: Option<PathBuf>,
+}
+
+/// Loads the file given with `--config`, else `xiaomaolv.toml` in the working directory when it
+/// exists, else the embedded defaults. It runs before the async runtime exists, because
+/// `app.worker_threads` decides how that runtime is built.
+pub fn load(args: &ServeArgs) -> Result<ServeConfig, CliError> {
+    let file = args.config.clone().or_else(|| {
+        let default = PathBuf::from(super::DEFAULT_CONFIG_FILE);
         default.exists().then_some(default)
     });
-    let config = match &config_file {
+    let config = match &file {
         Some(path) => Config::load(path)?,
         None => Config::embedded()?,
     };
+    Ok(ServeConfig { config, file })
+}
+
+pub async fn run(args: ServeArgs) -> Result<(), CliError> {
+    let loaded = load(&args)?;
+    run_loaded(args, loaded).await
+}
+
+/// Serves with settings that [`load`] returned.
+pub async fn run_loaded(args: ServeArgs, loaded: ServeConfig) -> Result<(), CliError> {
+    let ServeConfig {
+        config,
+        file: config_file,
+    } = loaded;
     let log_format = args.log_format.map_or(config.app.log_format, Into::into);
     if let Err(err) = telemetry::init_logging(log_format) {
         eprintln!("xiaomaolv: logging already initialised: {err}");
@@ -39,6 +65,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         base_url = %mask_url_password(&provider.base_url),
         model = %provider.model,
         store = %mask_url_password(&config.store.url),
+        worker_threads = config.app.worker_threads,
         "Starting xiaomaolv"
     );
 
@@ -51,7 +78,13 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         })?;
     let addr = listener.local_addr().map_err(CliError::Serve)?;
     warn_if_exposed(&config, addr);
-    tracing::info!(%addr, "Listening");
+    let runtime = tokio::runtime::Handle::current();
+    tracing::info!(
+        %addr,
+        runtime = ?runtime.runtime_flavor(),
+        runtime_workers = runtime.metrics().num_workers(),
+        "Listening"
+    );
     http::serve(
         listener,
         state,

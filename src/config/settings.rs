@@ -37,6 +37,8 @@ pub struct AppConfig {
     pub log_format: LogFormat,
     pub shutdown_grace_ms: u64,
     pub max_concurrent_turns: u32,
+    /// 0 for one worker thread per CPU.
+    pub worker_threads: u16,
 }
 
 #[derive(Clone, Serialize)]
@@ -257,7 +259,24 @@ fn validate_app(
         log_format: raw.log_format.unwrap_or_default(),
         shutdown_grace_ms: raw.shutdown_grace_ms.unwrap_or(30_000),
         max_concurrent_turns: validate_max_turns(raw.max_concurrent_turns)?,
+        worker_threads: validate_worker_threads(raw.worker_threads)?,
     })
+}
+
+/// Most worker threads `app.worker_threads` accepts.
+const MAX_WORKER_THREADS: u16 = 512;
+
+fn validate_worker_threads(value: Option<u16>) -> Result<u16, ConfigError> {
+    match value {
+        Some(value) if value > MAX_WORKER_THREADS => Err(invalid(
+            "app.worker_threads",
+            format!(
+                "{value} is above the maximum of {MAX_WORKER_THREADS}; use 0 for one thread per \
+                 CPU, or a smaller number"
+            ),
+        )),
+        value => Ok(value.unwrap_or(0)),
+    }
 }
 
 /// Default of `app.max_concurrent_turns`.

@@ -739,3 +739,14 @@ fn max_concurrent_turns_defaults_and_rejects_zero() {
     assert!(error.contains("app.max_concurrent_turns"), "{error}");
     assert!(error.contains("at least 1"), "{error}");
 }
+
+#[test]
+fn worker_threads_defaults_and_rejects_too_many() {
+    let config = parse_with(MINIMAL, &[]).unwrap();
+    assert_eq!(config.app.worker_threads, 0);
+    let text = MINIMAL.replace("[store]", "worker_threads = 600\n\n[store]");
+    let error = error_text(&text, &[]);
+    assert!(error.contains("app.worker_threads"), "{error}");
+    assert!(error.contains("600"), "{error}");
+    assert!(error.contains("use 0 for one thread per CPU"), "{error}");
+}

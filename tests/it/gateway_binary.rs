@@ -228,3 +228,51 @@ async fn warns_when_exposed_without_api_token() {
     });
     assert!(warning.contains("WARN"), "{warning}");
 }
+
+/// Returns the gateway's "Listening" log line.
+fn listening_line(gateway: &GatewayProcess) -> Value {
+    let line = gateway
+        .log
+        .iter()
+        .find(|line| line.contains("\"Listening\""))
+        .expect("a Listening log line");
+    serde_json::from_str(line).unwrap()
+}
+
+#[tokio::test]
+async fn worker_threads_sets_runtime_threads() {
+    for (worker_threads, flavor, workers) in [(1, "CurrentThread", 1), (3, "MultiThread", 3)] {
+        let fake = FakeOpenAi::start().await;
+        for i in 0..8 {
+            fake.push(Reply::text(&format!("reply {i}")).after(Duration::from_millis(100)));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_for(&fake.base_url(), "").replace(
+            "shutdown_grace_ms = 5000",
+            &format!("shutdown_grace_ms = 5000\nworker_threads = {worker_threads}"),
+        );
+        let path = write_config(&dir, &config);
+        let gateway = GatewayProcess::start(dir.path(), &["--config", &path], &[]);
+
+        let client = reqwest::Client::new();
+        let turns = (0..8).map(|i| {
+            client
+                .post(gateway.url("/v1/messages"))
+                .json(&message(&format!("s{i}"), "hi"))
+                .send()
+        });
+        let mut replies = Vec::new();
+        for response in futures_util::future::join_all(turns).await {
+            let response = response.unwrap();
+            assert_eq!(response.status(), 200, "worker_threads = {worker_threads}");
+            let body = response.json::<Value>().await.unwrap();
+            replies.push(body["reply"].as_str().unwrap().to_owned());
+        }
+        replies.sort();
+        let expected: Vec<String> = (0..8).map(|i| format!("reply {i}")).collect();
+        assert_eq!(replies, expected, "worker_threads = {worker_threads}");
+        let line = listening_line(&gateway);
+        assert_eq!(line["runtime"], flavor, "{line}");
+        assert_eq!(line["runtime_workers"], workers, "{line}");
+    }
+}
