@@ -22,6 +22,7 @@
 #   BENCH_FAKE_PORT    loopback port of the fake model (default 18091)
 #   BENCH_WORK_DIR     scratch directory, emptied at start (default /tmp/xiaomaolv-bench)
 #   BENCH_SKIP_BUILD   set to 1 to use the existing target/release/xiaomaolv
+#   BENCH_WORKER_THREADS  the gateway's app.worker_threads (default 0, one per CPU)
 #
 # Needs nginx (Debian nginx-light), wrk, oha (`cargo install oha --locked`), curl and python3.
 set -euo pipefail
@@ -36,6 +37,7 @@ series=${BENCH_SERIES:-"closed open"}
 gateway_port=${BENCH_GATEWAY_PORT:-18090}
 fake_port=${BENCH_FAKE_PORT:-18091}
 work_dir=${BENCH_WORK_DIR:-/tmp/xiaomaolv-bench}
+worker_threads=${BENCH_WORKER_THREADS:-0}
 binary=$root/target/release/xiaomaolv
 
 gateway_url=http://127.0.0.1:$gateway_port
@@ -144,6 +146,7 @@ start_gateway() {
     sed -e "s|@GATEWAY_PORT@|$gateway_port|g" \
         -e "s|@FAKE_PORT@|$fake_port|g" \
         -e "s|@WORK_DIR@|$work_dir|g" \
+        -e "s|@WORKER_THREADS@|$worker_threads|g" \
         "$bench_dir/gateway.toml.template" >"$work_dir/gateway.toml"
     "$binary" serve --config "$work_dir/gateway.toml" >"$work_dir/gateway.log" 2>&1 &
     gateway_pid=$!
