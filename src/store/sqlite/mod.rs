@@ -55,7 +55,7 @@ impl SqliteStore {
         let (checkpoints, readers) = match location {
             Location::Memory { .. } => (None, None),
             Location::File { .. } => (
-                Some(start_checkpointer(&location, busy_timeout).await?),
+                Some(open_checkpointer(&location, busy_timeout).await?),
                 Some(open_readers(location, config).await?),
             ),
         };
@@ -99,16 +99,12 @@ async fn open_readers(
     Ok(pool)
 }
 
-async fn start_checkpointer(
+async fn open_checkpointer(
     location: &Location,
     busy_timeout: std::time::Duration,
-) -> Result<flume::Sender<()>, StoreError> {
+) -> Result<Connection, StoreError> {
     let location = location.clone();
-    let connection = blocking(move || connect::checkpointer(&location, busy_timeout)).await?;
-    // One pending nudge is enough, because commits during a checkpoint share the next one.
-    let (nudge_tx, nudge_rx) = flume::bounded(1);
-    checkpoint::spawn(connection, nudge_rx).map_err(StoreError::Spawn)?;
-    Ok(nudge_tx)
+    blocking(move || connect::checkpointer(&location, busy_timeout)).await
 }
 
 /// Runs blocking setup work, such as opening a database file, off the async workers.

@@ -20,7 +20,7 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode, params};
 use tokio::sync::oneshot;
 
-use super::checkpoint::COMMITS_PER_CHECKPOINT;
+use super::checkpoint::{self, COMMITS_PER_CHECKPOINT, Checkpointer, Restart};
 use super::reader::ReadJob;
 use crate::store::{NewTurn, StoreError, origin_to_str, status_to_str};
 
@@ -93,11 +93,12 @@ impl std::fmt::Debug for Writer {
 
 impl Writer {
     /// Starts the writer thread on `connection`, whose busy timeout is `busy_timeout`. With
-    /// `checkpoints`, the checkpointer is nudged every [`COMMITS_PER_CHECKPOINT`] commits.
+    /// `checkpoint_connection`, it also starts the checkpointer on that connection and nudges it
+    /// every [`COMMITS_PER_CHECKPOINT`] commits.
     pub(super) fn start(
         connection: Connection,
         busy_timeout: Duration,
-        checkpoints: Option<flume::Sender<()>>,
+        checkpoint_connection: Option<Connection>,
     ) -> std::io::Result<Self> {
         let (commands, queue) = flume::unbounded();
         let connection = Arc::new(Mutex::new(WriteConnection {
@@ -105,12 +106,16 @@ impl Writer {
             thread_busy_timeout: busy_timeout,
             busy_timeout,
         }));
-        let checkpoints = checkpoints.map(|nudges| {
-            Arc::new(Checkpoints {
-                nudges,
-                commits: AtomicU32::new(0),
-            })
-        });
+        let checkpoints = match checkpoint_connection {
+            Some(own) => {
+                let checkpointer = checkpoint::spawn(own, restart_on(Arc::clone(&connection)))?;
+                Some(Arc::new(Checkpoints {
+                    checkpointer,
+                    commits: AtomicU32::new(0),
+                }))
+            }
+            None => None,
+        };
         let writer = Self {
             commands,
             connection,
@@ -133,9 +138,11 @@ impl Writer {
     }
 
     /// Stores `turn`: inline when nothing is queued and the connection is free, else through the
-    /// writer thread.
+    /// writer thread. The first commit after a checkpoint also goes through the thread, because
+    /// it may wait for an fsync, which must not hold up an async worker and the requests on it.
     pub(super) async fn save(&self, turn: &NewTurn) -> Result<(), StoreError> {
         if self.commands.is_empty()
+            && !restart_pending(self.checkpoints.as_deref())
             && let Some(outcome) = self.try_save_inline(turn)
         {
             committed(self.checkpoints.as_deref());
@@ -210,9 +217,26 @@ impl ThreadSide {
             }
             write_batch(connection, &mut batch);
             drop(guard);
+            if let Some(checkpoints) = &self.checkpoints {
+                checkpoints
+                    .checkpointer
+                    .restart_pending
+                    .store(false, Ordering::Release);
+            }
             committed(self.checkpoints.as_deref());
         }
     }
+}
+
+/// Returns the checkpointer's way to run a restart checkpoint on `connection`, holding it so no
+/// turn is written meanwhile.
+fn restart_on(connection: Arc<Mutex<WriteConnection>>) -> Restart {
+    Box::new(move || {
+        let mut guard = lock(&connection);
+        let busy_timeout = guard.thread_busy_timeout;
+        let connection = guard.with_busy_timeout(busy_timeout)?;
+        checkpoint::run_checkpoint(connection, "RESTART")
+    })
 }
 
 fn lock(connection: &Mutex<WriteConnection>) -> MutexGuard<'_, WriteConnection> {
@@ -222,8 +246,18 @@ fn lock(connection: &Mutex<WriteConnection>) -> MutexGuard<'_, WriteConnection> 
 /// Counts commits and nudges the checkpointer after enough of them.
 #[derive(Debug)]
 struct Checkpoints {
-    nudges: flume::Sender<()>,
+    checkpointer: Checkpointer,
     commits: AtomicU32,
+}
+
+/// Returns whether the next commit may start the log again, see [`Checkpointer`].
+fn restart_pending(checkpoints: Option<&Checkpoints>) -> bool {
+    checkpoints.is_some_and(|checkpoints| {
+        checkpoints
+            .checkpointer
+            .restart_pending
+            .load(Ordering::Acquire)
+    })
 }
 
 /// Counts a commit. Every [`COMMITS_PER_CHECKPOINT`] commits it nudges the checkpointer without
@@ -234,7 +268,7 @@ fn committed(checkpoints: Option<&Checkpoints>) {
     };
     if checkpoints.commits.fetch_add(1, Ordering::Relaxed) + 1 >= COMMITS_PER_CHECKPOINT {
         checkpoints.commits.store(0, Ordering::Relaxed);
-        let _ = checkpoints.nudges.try_send(());
+        let _ = checkpoints.checkpointer.nudges.try_send(());
     }
 }
 
