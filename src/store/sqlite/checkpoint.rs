@@ -7,26 +7,28 @@
 //! the 2-vCPU benchmark machine. The write connection therefore has automatic checkpoints off,
 //! and this thread is the only one that checkpoints.
 //!
-//! A checkpoint also costs one commit an fsync: the first commit after a finished checkpoint
-//! starts the log again from its beginning, and SQLite syncs the log's new header before it
-//! writes on. That stalls the turns behind that commit for 2 to 7 ms on the same machine. So
-//! checkpoints are rare: at least [`COMMITS_PER_CHECKPOINT`] commits and [`CHECKPOINT_INTERVAL`]
-//! apart, which keeps the stalled turns to a few in a thousand at any rate, below the 99th
-//! percentile of latency. One checkpoint every 64 commits stalled several in a hundred.
+//! A finished checkpoint also costs one commit an fsync: the first commit after it starts the log
+//! again from its beginning, and SQLite syncs the log's new header before it writes on. That
+//! stalls the turns behind that commit for 2 to 7 ms on the same machine. So passive checkpoints
+//! run at least [`COMMITS_PER_CHECKPOINT`] commits apart, which at low rates keeps the stalled
+//! turns to a few in a thousand. At high rates a passive checkpoint rarely finishes, because
+//! commits go on while it copies, and restart checkpoints at least [`RESTART_INTERVAL`] apart
+//! start the log again. One checkpoint every 64 commits stalled several turns in a hundred.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-/// Commits between two checkpoints at the least; the writer nudges this thread after that many.
+/// Commits between two passive checkpoints at the least; the writer nudges this thread after
+/// that many.
 pub(super) const COMMITS_PER_CHECKPOINT: u32 = 300;
 
-/// Shortest time between two checkpoints. At 2,000 single-turn commits per second, about 11,000
-/// log pages a second on the benchmark machine, the log reaches about 90 MB in this time.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
+/// Shortest time between two restart checkpoints. At 2,000 single-turn commits per second, about
+/// 11,000 log pages a second on the benchmark machine, the log reaches about 90 MB in this time.
+const RESTART_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Runs a restart checkpoint on the write connection while no turn is being written, and
 /// returns the number of pages in the log.
@@ -64,36 +66,73 @@ fn run(
     wakes: &flume::Receiver<()>,
     restart_pending: &AtomicBool,
 ) {
+    let mut last_restart = Instant::now();
     while wakes.recv().is_ok() {
-        if let Err(err) = checkpoint(connection, restart) {
-            tracing::warn!(error = %err, "Failed to checkpoint the write-ahead log.");
+        match checkpoint(connection, restart, last_restart.elapsed()) {
+            Ok(true) => last_restart = Instant::now(),
+            Ok(false) => {}
+            Err(err) => tracing::warn!(error = %err, "Failed to checkpoint the write-ahead log."),
         }
         restart_pending.store(true, Ordering::Release);
-        thread::sleep(CHECKPOINT_INTERVAL);
     }
 }
 
-/// Log size in pages above which a passive checkpoint is followed by a restart checkpoint, about
-/// 16 MB with 4 KiB pages.
+/// Log size in pages above which a passive checkpoint is followed by a restart checkpoint, once
+/// [`RESTART_INTERVAL`] has passed since the last one: about 16 MB with 4 KiB pages.
 const RESTART_LOG_PAGES: i64 = 4096;
 
-/// Copies the log into the database. A passive checkpoint takes no lock that the writer or the
-/// readers wait for. But under steady writes, pages are committed while it copies, so the log is
-/// never fully copied when the next commit starts and never starts again from its beginning: it
-/// grew to 450 MB in 10 s at 2,000 messages/s. When the log is long, a restart checkpoint follows
-/// on the write connection, so no commit of this process runs meanwhile. It copies the few pages
-/// the passive one left and waits for the readers to leave the log, so the next commit starts the
-/// log again. Run from this thread's connection, it waited in SQLite's busy handler for a gap
+/// Log size in pages above which the restart checkpoint does not wait for [`RESTART_INTERVAL`],
+/// about 128 MB. A closed loop of 9,000 messages/s on the benchmark machine writes about 30,000
+/// pages a second.
+const MAX_LOG_PAGES: i64 = 32_768;
+
+/// Copies the log into the database, and returns whether it ran a restart checkpoint.
+///
+/// A passive checkpoint takes no lock that the writer or the readers wait for. But under steady
+/// writes, pages are committed while it copies, so the log is never fully copied when the next
+/// commit starts and never starts again from its beginning: it grew to 450 MB in 10 s at 2,000
+/// messages/s. So when the log is long and the last restart was `since_restart` ago, a restart
+/// checkpoint follows on the write connection, and no commit of this process runs meanwhile. It copies the pages committed
+/// since the passive one and waits for the readers to leave the log, so the next commit starts
+/// the log again. Run from this thread's connection, it waited in SQLite's busy handler for a gap
 /// between commits, and back-to-back commits could hold it off until its busy timeout.
-fn checkpoint(connection: &Connection, restart: &Restart) -> rusqlite::Result<()> {
-    if run_checkpoint(connection, "PASSIVE")? < RESTART_LOG_PAGES {
-        return Ok(());
+///
+/// The restart checkpoint fsyncs the database while it keeps commits out, so it must find little
+/// left to copy. A first passive checkpoint of two seconds of log took long enough at 9,000
+/// messages/s that the pages committed meanwhile made the restart stall commits for about 90 ms.
+/// So passive checkpoints repeat, each copying what was committed during the one before, until
+/// that is under [`RESTART_LEFTOVER_PAGES`] or [`MAX_PASSES`] have run.
+fn checkpoint(
+    connection: &Connection,
+    restart: &Restart,
+    since_restart: Duration,
+) -> rusqlite::Result<bool> {
+    let mut log_pages = run_checkpoint(connection, "PASSIVE")?;
+    let due = log_pages >= RESTART_LOG_PAGES
+        && (since_restart >= RESTART_INTERVAL || log_pages >= MAX_LOG_PAGES);
+    if !due {
+        return Ok(false);
     }
-    restart().map(drop)
+    for _ in 1..MAX_PASSES {
+        let previous = log_pages;
+        log_pages = run_checkpoint(connection, "PASSIVE")?;
+        // The log only grows between restarts, so the difference is what was committed meanwhile.
+        if log_pages - previous < RESTART_LEFTOVER_PAGES {
+            break;
+        }
+    }
+    restart().map(|_| true)
 }
+
+/// Pages committed during the last passive checkpoint below which the restart checkpoint runs.
+const RESTART_LEFTOVER_PAGES: i64 = 256;
+
+/// Most passive checkpoints before a restart checkpoint, the first one included.
+const MAX_PASSES: u32 = 4;
 
 /// Runs one checkpoint and returns the number of pages in the log.
 pub(super) fn run_checkpoint(connection: &Connection, mode: &str) -> rusqlite::Result<i64> {
+    let started = Instant::now();
     let (busy, log_pages, copied_pages): (i64, i64, i64) =
         connection.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
             Ok((row.get(0)?, row.get(1)?, row.get(2)?))
@@ -103,6 +142,7 @@ pub(super) fn run_checkpoint(connection: &Connection, mode: &str) -> rusqlite::R
         busy = busy != 0,
         log_pages,
         copied_pages,
+        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
         "Checkpointed the write-ahead log."
     );
     Ok(log_pages)
@@ -168,7 +208,7 @@ mod tests {
             Box::new(move || run_checkpoint(&writer.lock().unwrap(), "RESTART"))
         };
 
-        checkpoint(&open(&path), &restart).unwrap();
+        assert!(checkpoint(&open(&path), &restart, RESTART_INTERVAL).unwrap());
         stop.store(true, Ordering::Relaxed);
         committing.join().unwrap();
 
