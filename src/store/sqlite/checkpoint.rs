@@ -92,16 +92,16 @@ const MAX_LOG_PAGES: i64 = 32_768;
 /// writes, pages are committed while it copies, so the log is never fully copied when the next
 /// commit starts and never starts again from its beginning: it grew to 450 MB in 10 s at 2,000
 /// messages/s. So when the log is long and the last restart was `since_restart` ago, a restart
-/// checkpoint follows on the write connection, and no commit of this process runs meanwhile. It copies the pages committed
-/// since the passive one and waits for the readers to leave the log, so the next commit starts
-/// the log again. Run from this thread's connection, it waited in SQLite's busy handler for a gap
-/// between commits, and back-to-back commits could hold it off until its busy timeout.
+/// checkpoint follows on the write connection, and no commit of this process runs meanwhile. It
+/// copies the pages committed since the passive one and waits for the readers to leave the log,
+/// so the next commit starts the log again. Run from this thread's connection, it waited in
+/// SQLite's busy handler for a gap between commits, and back-to-back commits could hold it off
+/// until its busy timeout.
 ///
-/// The restart checkpoint fsyncs the database while it keeps commits out, so it must find little
-/// left to copy. A first passive checkpoint of two seconds of log took long enough at 9,000
-/// messages/s that the pages committed meanwhile made the restart stall commits for about 90 ms.
-/// So passive checkpoints repeat, each copying what was committed during the one before, until
-/// that is under [`RESTART_LEFTOVER_PAGES`] or [`MAX_PASSES`] have run.
+/// The restart checkpoint copies and fsyncs while it keeps commits out, so it should find little
+/// left to copy. With one passive checkpoint before it, the closed-loop p99 at 9,000 messages/s
+/// was 94 to 100 ms. So passive checkpoints repeat, each copying what was committed during the
+/// one before, until that is under [`RESTART_LEFTOVER_PAGES`] or [`MAX_PASSES`] have run.
 fn checkpoint(
     connection: &Connection,
     restart: &Restart,
