@@ -5,6 +5,7 @@ mod common;
 mod bridge;
 mod code_mode;
 mod config;
+mod connections;
 mod declarations;
 mod diag_auth;
 mod error_mapping;
