@@ -22,6 +22,7 @@ mod sandbox;
 mod shutdown;
 mod sse;
 mod store;
+mod store_file;
 mod store_postgres;
 mod subprocess;
 mod tool_loop;
