@@ -144,6 +144,14 @@ pub struct RawHttpChannel {
     pub max_text_bytes: Option<usize>,
     /// Largest accepted request body, in bytes. Default 65536.
     pub max_body_bytes: Option<usize>,
+    /// Time a client has to send a request's line and headers, in milliseconds. A new connection
+    /// that sends no byte, or only part of the HTTP/2 preface, within this time is closed.
+    /// Default 10000.
+    pub header_read_timeout_ms: Option<u64>,
+    /// Interval of the PING frames the gateway sends on an HTTP/2 connection, in milliseconds,
+    /// and the time the client has to acknowledge each one before the connection is closed.
+    /// Default 20000.
+    pub http2_keep_alive_interval_ms: Option<u64>,
 }
 
 /// `[agent]`: how a turn runs.

@@ -96,6 +96,8 @@ pub struct HttpChannelConfig {
     pub trusted_proxies: Vec<IpNet>,
     pub max_text_bytes: usize,
     pub max_body_bytes: usize,
+    pub header_read_timeout_ms: u64,
+    pub http2_keep_alive_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -161,6 +163,16 @@ impl McpServerConfig {
 impl AppConfig {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+impl HttpChannelConfig {
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    pub fn http2_keep_alive_interval(&self) -> Duration {
+        Duration::from_millis(self.http2_keep_alive_interval_ms)
     }
 }
 
@@ -432,6 +444,14 @@ fn validate_http(raw: RawChannels) -> Result<HttpChannelConfig, ConfigError> {
         trusted_proxies: trusted_proxies(raw.trusted_proxies.unwrap_or_default())?,
         max_text_bytes,
         max_body_bytes,
+        header_read_timeout_ms: positive(
+            "channels.http.header_read_timeout_ms",
+            raw.header_read_timeout_ms.unwrap_or(10_000),
+        )?,
+        http2_keep_alive_interval_ms: positive(
+            "channels.http.http2_keep_alive_interval_ms",
+            raw.http2_keep_alive_interval_ms.unwrap_or(20_000),
+        )?,
     })
 }
 

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod client_ip;
+mod connection;
 pub mod error;
 pub mod rate_limit;
 mod routes;
@@ -15,16 +16,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ConnectInfo;
-use axum::http::Request;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{any, get, post};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tower::Service;
 
 pub use error::ApiError;
 pub use routes::MAX_ID_BYTES;
@@ -93,9 +87,6 @@ async fn method_not_allowed(method: axum::http::Method) -> ApiError {
     ApiError::MethodNotAllowed(method.to_string())
 }
 
-/// How long a client may take to send the request line and headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// How long the turns stopped at the end of the grace period have to send their clients a 503 or
 /// a final SSE `error` event before the process exits anyway.
 const STOPPED_TURNS_FLUSH: Duration = Duration::from_secs(2);
@@ -106,8 +97,8 @@ const STOPPED_TURNS_FLUSH: Duration = Duration::from_secs(2);
 /// function returns when all are done or `grace` has elapsed, whichever comes first. Turns still
 /// running then are stopped before they save anything, and their clients get a 503 or a final
 /// SSE `error` event, within [`STOPPED_TURNS_FLUSH`] at most. Connections
-/// are served by hyper directly rather than through `axum::serve` so that slow clients get a
-/// header read timeout.
+/// are served by hyper directly rather than through `axum::serve` so that slow and idle clients
+/// are disconnected (see [`connection`]).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -115,12 +106,8 @@ pub async fn serve(
     grace: Duration,
 ) -> std::io::Result<()> {
     let app = router(state.clone());
-    let connections = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let connections = connection::Connections::new(&state.http);
+    let mut accept_errors = connection::AcceptErrorLog::default();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -128,26 +115,14 @@ pub async fn serve(
                 Ok(accepted) => accepted,
                 Err(err) => {
                     // Usually EMFILE: back off instead of spinning until descriptors free up.
-                    tracing::warn!(error = %err, "Failed to accept a connection");
+                    accept_errors.record(&err);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             () = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().call(request)
-        });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let connection = connections.watch(connection.into_owned());
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(%peer, error = %err, "Connection ended with an error");
-            }
-        });
+        connections.spawn(stream, peer, app.clone());
     }
     drop(listener);
     tracing::info!(
@@ -157,7 +132,7 @@ pub async fn serve(
     );
     state.turns.close();
     let drain = async {
-        connections.shutdown().await;
+        connections.shut_down().await;
         state.turns.wait().await;
     };
     let mut drain = std::pin::pin!(drain);

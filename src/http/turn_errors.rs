@@ -113,9 +113,8 @@ pub fn store_status(err: &StoreError) -> (StatusCode, &'static str) {
         | StoreError::Spawn(_)
         | StoreError::Migrate(_)
         | StoreError::Unreachable { .. }
-        | StoreError::ConnectTimedOut { .. } => {
-            (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
-        }
+        | StoreError::ConnectTimedOut { .. }
+        | StoreError::FileMoved { .. } => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
         StoreError::Postgres(err) if is_connection_lost(err) => {
             (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
         }
@@ -167,6 +166,10 @@ pub fn store_message(err: &StoreError, during: StoreUse) -> String {
         StoreError::Stopped => format!(
             "the history store has stopped; {outcome}. Restart the gateway, and see its log for \
              the cause"
+        ),
+        StoreError::FileMoved { .. } => format!(
+            "the history store's database file was moved or deleted after the gateway opened it; \
+             {outcome}. Restart the gateway, and see its log for the path"
         ),
         StoreError::Corrupt(_) => format!(
             "the history store holds an invalid row for this session; {outcome}. The gateway log \

@@ -60,6 +60,17 @@ pub enum StoreError {
     PoolTimedOut { server: String, timeout_ms: u64 },
     #[error("store query failed: {0}")]
     Postgres(#[source] sqlx::Error),
+    /// The SQLite database file was renamed, deleted or replaced after the store opened it, so
+    /// what the store writes would not be found at the path after a restart.
+    #[error(
+        "the SQLite database file {} was moved, deleted or replaced after the gateway opened it \
+         ({reason}); restart the gateway",
+        path.display()
+    )]
+    FileMoved {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 impl From<rusqlite::Error> for StoreError {

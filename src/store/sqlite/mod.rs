@@ -12,6 +12,7 @@
 
 mod checkpoint;
 mod connect;
+mod file_identity;
 mod reader;
 mod writer;
 
@@ -24,6 +25,7 @@ use tokio::sync::oneshot;
 use super::{HistoryStore, NewTurn, StoreError, StoredMessage};
 use crate::config::StoreConfig;
 use connect::Location;
+use file_identity::FileIdentity;
 use reader::{ReadJob, ReadPool};
 use writer::Writer;
 
@@ -33,11 +35,16 @@ use writer::Writer;
 /// connection, whose thread also batches them. Reads run on the calling thread on read-only
 /// connections, in parallel under WAL. An in-memory database exists only inside its connections,
 /// so there the writer thread serves reads too.
+///
+/// Every read and save first checks that the database file is still the one opened, so a turn
+/// is never confirmed after its file was moved or deleted.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     writer: Writer,
     /// `None` for an in-memory database.
     readers: Option<Arc<ReadPool>>,
+    /// `None` for an in-memory database.
+    file: Option<FileIdentity>,
 }
 
 impl SqliteStore {
@@ -52,6 +59,10 @@ impl SqliteStore {
         // The writer connection is already open, so an in-memory database lives on while the
         // migration connection comes and goes.
         connect::migrate(&location, busy_timeout).await?;
+        let file = match &location {
+            Location::Memory { .. } => None,
+            Location::File { path, .. } => Some(FileIdentity::record(path)?),
+        };
         let (checkpoints, readers) = match location {
             Location::Memory { .. } => (None, None),
             Location::File { .. } => (
@@ -60,7 +71,19 @@ impl SqliteStore {
             ),
         };
         let writer = Writer::start(writer, busy_timeout, checkpoints).map_err(StoreError::Spawn)?;
-        Ok(Self { writer, readers })
+        Ok(Self {
+            writer,
+            readers,
+            file,
+        })
+    }
+
+    /// Fails with [`StoreError::FileMoved`] when the database file is no longer at its path.
+    fn check_file(&self) -> Result<(), StoreError> {
+        match &self.file {
+            Some(file) => file.check(),
+            None => Ok(()),
+        }
     }
 
     /// Runs `query` on a read connection of the calling thread, or on the writer thread for an
@@ -70,6 +93,7 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.check_file()?;
         if let Some(readers) = &self.readers {
             return readers.run(query);
         }
@@ -132,6 +156,7 @@ impl HistoryStore for SqliteStore {
         &self,
         session_id: &str,
     ) -> Result<Option<Vec<StoredMessage>>, StoreError> {
+        self.check_file()?;
         let session_id = session_id.to_owned();
         let query =
             move |connection: &mut Connection| reader::session_messages(connection, &session_id);
@@ -146,6 +171,8 @@ impl HistoryStore for SqliteStore {
     }
 
     async fn save_turn(&self, turn: &NewTurn) -> Result<(), StoreError> {
+        // Both the inline commit and the writer thread start here, so one check covers both.
+        self.check_file()?;
         self.writer.save(turn).await
     }
 

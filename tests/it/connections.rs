@@ -1,0 +1,102 @@
+//! Client connections that send no request: the gateway closes a connection that sends nothing,
+//! only part of the HTTP/2 preface, or the preface and then nothing, and still serves HTTP/1 and
+//! HTTP/2 requests under the same short timeouts.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::{FakeOpenAi, Options, TestGateway};
+
+/// Limit on each wait for the gateway to close a connection, so a test fails instead of hanging.
+const SAFETY_NET: Duration = Duration::from_secs(20);
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// An HTTP/2 SETTINGS frame with no settings: length 0, type 4, no flags, stream 0.
+const EMPTY_SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+
+async fn gateway_with_short_timeouts() -> (FakeOpenAi, TestGateway) {
+    let provider = FakeOpenAi::start().await;
+    let options = Options {
+        http: "header_read_timeout_ms = 300\nhttp2_keep_alive_interval_ms = 300",
+        ..Options::default()
+    };
+    let gateway = TestGateway::start_with(&provider.base_url(), options).await;
+    (provider, gateway)
+}
+
+/// Reads until the gateway closes the connection, by end of stream or reset, and returns what
+/// it sent before that.
+async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 1024];
+    loop {
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => return received,
+            Ok(read) => received.extend_from_slice(&buffer[..read]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn silent_connection_is_closed() {
+    let (_provider, gateway) = gateway_with_short_timeouts().await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+
+    let received = tokio::time::timeout(SAFETY_NET, read_until_closed(&mut stream))
+        .await
+        .expect("the gateway closes a connection that sends no byte");
+    assert!(received.is_empty(), "sent {received:?}");
+}
+
+#[tokio::test]
+async fn partial_h2_preface_is_closed() {
+    let (_provider, gateway) = gateway_with_short_timeouts().await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream.write_all(&H2_PREFACE[..10]).await.unwrap();
+
+    let received = tokio::time::timeout(SAFETY_NET, read_until_closed(&mut stream))
+        .await
+        .expect("the gateway closes a connection that stops inside the HTTP/2 preface");
+    assert!(received.is_empty(), "sent {received:?}");
+}
+
+#[tokio::test]
+async fn h2_preface_only_connection_is_closed() {
+    let (_provider, gateway) = gateway_with_short_timeouts().await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream.write_all(H2_PREFACE).await.unwrap();
+    stream.write_all(EMPTY_SETTINGS).await.unwrap();
+
+    let received = tokio::time::timeout(SAFETY_NET, read_until_closed(&mut stream))
+        .await
+        .expect("the gateway closes an HTTP/2 connection whose client answers no PING");
+    // The first frame the gateway sends is its SETTINGS frame, so it took the connection for
+    // HTTP/2 before it closed it.
+    assert!(received.len() >= 9, "sent {received:?}");
+    assert_eq!(received[3], 4, "first frame type");
+}
+
+#[tokio::test]
+async fn http1_and_h2c_requests_are_served() {
+    let (_provider, gateway) = gateway_with_short_timeouts().await;
+
+    let http1 = gateway
+        .client
+        .get(gateway.url("/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(http1.status(), 200);
+    assert_eq!(http1.version(), reqwest::Version::HTTP_11);
+
+    let h2c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let http2 = h2c.get(gateway.url("/health")).send().await.unwrap();
+    assert_eq!(http2.status(), 200);
+    assert_eq!(http2.version(), reqwest::Version::HTTP_2);
+}
