@@ -18,6 +18,7 @@ mod prometheus;
 mod provider;
 mod real_model;
 mod sandbox;
+mod session_lock;
 mod shutdown;
 mod sse;
 mod store;
