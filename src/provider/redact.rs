@@ -12,7 +12,7 @@ use crate::config::{MASK, Secret};
 /// Maximum length of the upstream error text quoted in an error message, in characters.
 const MAX_QUOTED_CHARS: usize = 300;
 
-/// Replaces the API key of one provider in upstream text.
+/// The masking rules for one provider's API key in upstream text.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Redactor {
     api_key: Option<Secret>,
