@@ -1,8 +1,9 @@
 //! One agent turn: load history, ask the model, save the turn.
 //!
 //! The session lock is held for the whole turn so a second message on the same session waits and
-//! then sees the first turn's messages. The store is read before and written after the model call;
-//! no transaction is open while the model is working.
+//! then sees the first turn's messages. A turn whose wait leaves too little of its deadline for a
+//! model request fails as busy without calling the model. The store is read before and written
+//! after the model call; no transaction is open while the model is working.
 
 mod catalog;
 mod code_turn;
@@ -41,14 +42,37 @@ pub enum AgentError {
     Provider(#[from] ProviderError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("timed out after {} ms waiting for an earlier turn on this session", .0.as_millis())]
+    /// The turn waited this long for its session's lock, and too little of its deadline was left
+    /// for a model request: none, or less than one second (a quarter of `agent.turn_timeout_ms`
+    /// when that is shorter).
+    #[error(
+        "waited {} ms for an earlier turn on this session, which left too little of \
+         agent.turn_timeout_ms for a model request",
+        .0.as_millis()
+    )]
     SessionBusy(Duration),
+    /// The turn's deadline passed during a model request, after the turn had waited this long for
+    /// earlier turns on its session.
+    #[error(
+        "the turn's deadline (agent.turn_timeout_ms) was reached before the provider answered; \
+         the turn had spent {} ms of it waiting for earlier turns on this session",
+        .0.as_millis()
+    )]
+    DeadlineAfterLockWait(Duration),
     #[error(
         "the gateway is shutting down and stopped this turn before it finished (app.shutdown_grace_ms \
          ran out)"
     )]
     ShuttingDown,
 }
+
+/// The minimum time a turn must have left once it holds its session's lock to call the model. With
+/// less, the turn fails as [`AgentError::SessionBusy`] instead of sending a request whose answer
+/// would likely arrive after the deadline and be thrown away.
+///
+/// NOTE: one second is an estimate of the shortest useful model request, not a measurement; a
+/// slower model can still time out on a turn that had more time left.
+const MIN_MODEL_TIME: Duration = Duration::from_secs(1);
 
 /// A validated user message.
 #[derive(Debug, Clone)]
@@ -171,11 +195,7 @@ impl Agent {
     ) -> Result<TurnOutcome, AgentError> {
         let started = Instant::now();
         let deadline = started + self.config.turn_timeout();
-        let lock = tokio::time::timeout_at(deadline, self.locks.lock(&request.session_id));
-        let _session = self
-            .unless_stopped(lock)
-            .await?
-            .map_err(|_| AgentError::SessionBusy(self.config.turn_timeout()))?;
+        let (_session, lock_wait) = self.lock_session(&request.session_id, deadline).await?;
         let locked = Instant::now();
         // Taken after the lock, so timestamps follow the order in which turns are stored.
         let started_ms = unix_millis();
@@ -188,7 +208,10 @@ impl Agent {
         let provider = &self.providers[&self.default_provider];
         let turn_id = uuid::Uuid::now_v7().to_string();
         let reply = self.respond(provider, messages, deadline, text_tx, &turn_id);
-        let reply = self.unless_stopped(reply).await??;
+        let reply = self
+            .unless_stopped(reply)
+            .await?
+            .map_err(|err| with_lock_wait(err, lock_wait))?;
         let mode = reply.mode();
         let completion = reply.completion;
 
@@ -251,6 +274,35 @@ impl Agent {
             },
             tool_calls: reply.tool_calls,
         })
+    }
+
+    /// Waits for the session's lock and returns it with the time spent waiting.
+    ///
+    /// Fails with [`AgentError::SessionBusy`] when the lock is still taken at `deadline`, or when
+    /// less than [`Agent::min_model_time`] is left once it is free.
+    async fn lock_session(
+        &self,
+        session_id: &str,
+        deadline: Instant,
+    ) -> Result<(locks::SessionGuard<'_>, Duration), AgentError> {
+        let started = Instant::now();
+        let lock = tokio::time::timeout_at(deadline, self.locks.lock(session_id));
+        let guard = self
+            .unless_stopped(lock)
+            .await?
+            .map_err(|_| AgentError::SessionBusy(started.elapsed()))?;
+        let waited = started.elapsed();
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left < self.min_model_time() {
+            return Err(AgentError::SessionBusy(waited));
+        }
+        Ok((guard, waited))
+    }
+
+    /// Returns the minimum time left after the session lock for which a turn calls the model:
+    /// [`MIN_MODEL_TIME`], or a quarter of `agent.turn_timeout_ms` when that is shorter.
+    fn min_model_time(&self) -> Duration {
+        MIN_MODEL_TIME.min(self.config.turn_timeout() / 4)
     }
 
     /// Produces the reply: one request when no tools are configured, else code mode when it is
@@ -475,6 +527,18 @@ impl Reply {
             (true, _, more) => more,
         };
         self.completion = completion;
+    }
+}
+
+/// Reports a turn-deadline timeout together with the time the turn spent waiting for earlier turns
+/// on its session, so the error does not blame the model alone. Waits under a millisecond are
+/// left out.
+fn with_lock_wait(error: AgentError, lock_wait: Duration) -> AgentError {
+    match error {
+        AgentError::Provider(ProviderError::DeadlineExceeded) if lock_wait.as_millis() > 0 => {
+            AgentError::DeadlineAfterLockWait(lock_wait)
+        }
+        other => other,
     }
 }
 

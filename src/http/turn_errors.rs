@@ -30,6 +30,7 @@ pub fn agent_status(err: &AgentError) -> (StatusCode, &'static str) {
         AgentError::Provider(err) => provider_status(err),
         AgentError::Store(err) => store_status(err),
         AgentError::SessionBusy(_) => (StatusCode::SERVICE_UNAVAILABLE, "session_busy"),
+        AgentError::DeadlineAfterLockWait(_) => (StatusCode::GATEWAY_TIMEOUT, "provider_timeout"),
         AgentError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
     }
 }
@@ -41,6 +42,10 @@ pub fn agent_message(err: &AgentError) -> String {
         AgentError::SessionBusy(_) => format!(
             "{err}; nothing was stored, send the message again once the earlier turn has \
              finished, or raise agent.turn_timeout_ms"
+        ),
+        AgentError::DeadlineAfterLockWait(_) => format!(
+            "model provider error: {err}. Nothing was stored; send the message again once the \
+             earlier turns have finished, or raise agent.turn_timeout_ms if turns need this long"
         ),
         AgentError::ShuttingDown => {
             format!("{err}; nothing was stored, send the message again once the gateway is back")
@@ -60,6 +65,7 @@ pub fn provider_status(err: &ProviderError) -> (StatusCode, &'static str) {
         ProviderError::Transport(_)
         | ProviderError::Status { .. }
         | ProviderError::InvalidResponse(_)
+        | ProviderError::IncompleteStream
         | ProviderError::Setup(_) => (StatusCode::BAD_GATEWAY, "provider_error"),
     }
 }
@@ -96,6 +102,10 @@ fn provider_message(err: &ProviderError) -> String {
         ProviderError::InvalidResponse(_) => {
             "check that the provider's base_url points at an OpenAI-compatible chat-completions \
              server"
+        }
+        ProviderError::IncompleteStream => {
+            "the model server, or a proxy in front of it, closed the stream before the reply was \
+             complete; try again, and check the model server's log if it keeps happening"
         }
         ProviderError::Setup(_) => "check the provider's settings in the configuration",
     };

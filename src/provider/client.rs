@@ -10,14 +10,12 @@ use tokio::time::Instant;
 
 use super::ProviderError;
 use super::completion::{Completion, CompletionBuilder};
+use super::redact::Redactor;
 use super::retry::{RetryPolicy, parse_retry_after};
 use super::sse::{InvalidUtf8, SseDecoder};
 use super::wire::{ChatChunk, ChatCompletion, ChatMessage, ChatRequest, StreamOptions, ToolSpec};
 use crate::config::{ProviderConfig, Secret};
 use crate::telemetry::Metrics;
-
-/// Maximum length of the upstream error text quoted in an error message, in characters.
-const MAX_ERROR_BODY_CHARS: usize = 300;
 
 /// The start of a streaming request: an event stream to read, or the whole JSON body of a server
 /// that ignored `stream: true`.
@@ -33,6 +31,7 @@ pub struct ProviderClient {
     http: reqwest::Client,
     endpoint: String,
     api_key: Option<Secret>,
+    redactor: Redactor,
     model: String,
     temperature: Option<f64>,
     max_tokens: Option<u32>,
@@ -57,6 +56,7 @@ impl ProviderClient {
             http,
             endpoint: format!("{}/chat/completions", config.base_url),
             api_key: config.api_key.clone(),
+            redactor: Redactor::new(config.api_key.as_ref()),
             model: config.model.clone(),
             temperature: config.temperature,
             max_tokens: config.max_tokens,
@@ -121,6 +121,7 @@ impl ProviderClient {
     ) -> Result<Completion, ProviderError> {
         let started = Instant::now();
         let result = self.complete_once(messages, tools, deadline).await;
+        let result = result.map_err(|err| self.redactor.error(err));
         self.observe(started, &result);
         result
     }
@@ -164,6 +165,7 @@ impl ProviderClient {
         let result = self
             .complete_streaming_once(messages, tools, deadline, text_tx)
             .await;
+        let result = result.map_err(|err| self.redactor.error(err));
         self.observe(started, &result);
         result
     }
@@ -189,9 +191,9 @@ impl ProviderClient {
                 return Ok(completion);
             }
         };
-        read_event_stream(response, timeout, self.max_response_bytes, text_tx)
+        self.read_event_stream(response, timeout, text_tx)
             .await
-            .map_err(|err| self.redact(self.attribute_timeout(err)))
+            .map_err(|err| self.attribute_timeout(err))
     }
 
     /// Sends `request` once. A server that ignored `stream: true` has its JSON body read here,
@@ -233,36 +235,6 @@ impl ProviderClient {
         Ok(bytes)
     }
 
-    /// Replaces the API key wherever an upstream message quotes it.
-    fn redact(&self, error: ProviderError) -> ProviderError {
-        let Some(key) = self
-            .api_key
-            .as_ref()
-            .map(Secret::expose)
-            .filter(|k| !k.is_empty())
-        else {
-            return error;
-        };
-        let scrub = |text: String| text.replace(key, crate::config::MASK);
-        match error {
-            ProviderError::Status {
-                status,
-                message,
-                retry_after,
-            } => ProviderError::Status {
-                status,
-                message: scrub(message),
-                retry_after,
-            },
-            ProviderError::InvalidResponse(message) => {
-                ProviderError::InvalidResponse(scrub(message))
-            }
-            ProviderError::Transport(message) => ProviderError::Transport(scrub(message)),
-            ProviderError::Connect(message) => ProviderError::Connect(scrub(message)),
-            other => other,
-        }
-    }
-
     /// Reports a timeout as `DeadlineExceeded` when the turn's deadline, not
     /// `request_timeout_ms`, set the timeout that fired.
     fn attribute_timeout(&self, error: ProviderError) -> ProviderError {
@@ -296,7 +268,8 @@ impl ProviderClient {
                 Ok(value) => return Ok(value),
                 Err(error) => error,
             };
-            let error = self.attribute_timeout(error);
+            // Masked here already, because the retry below logs it.
+            let error = self.redactor.error(self.attribute_timeout(error));
             if matches!(error, ProviderError::DeadlineExceeded) {
                 return Err(error);
             }
@@ -343,11 +316,51 @@ impl ProviderClient {
         if response.status().is_success() {
             return Ok(response);
         }
-        Err(self.redact(status_error(response).await))
+        Err(status_error(response, &self.redactor).await)
+    }
+
+    /// Reads an event stream up to `[DONE]` or its end, sending each text fragment to `text_tx`.
+    async fn read_event_stream(
+        &self,
+        response: reqwest::Response,
+        timeout: Duration,
+        text_tx: &mpsc::UnboundedSender<String>,
+    ) -> Result<Completion, ProviderError> {
+        let mut decoder = SseDecoder::new();
+        let mut builder = CompletionBuilder::default();
+        let mut body = response.bytes_stream();
+        let mut received = 0;
+        while let Some(piece) = body.next().await {
+            let piece = piece.map_err(|err| ProviderError::from_reqwest(err, timeout))?;
+            received += piece.len();
+            if received > self.max_response_bytes {
+                return Err(too_large(self.max_response_bytes));
+            }
+            for event in decoder.push(&piece).map_err(invalid_utf8)? {
+                let flow = apply_event(&event.data, &mut builder, &self.redactor, text_tx)?;
+                if flow.is_break() {
+                    return finish_stream(builder, StreamEnd::Done);
+                }
+            }
+        }
+        if let Some(event) = decoder.finish().map_err(invalid_utf8)? {
+            let flow = apply_event(&event.data, &mut builder, &self.redactor, text_tx)?;
+            if flow.is_break() {
+                return finish_stream(builder, StreamEnd::Done);
+            }
+        }
+        finish_stream(builder, StreamEnd::Closed)
     }
 }
 
-async fn status_error(response: reqwest::Response) -> ProviderError {
+/// The end of a streamed body: `data: [DONE]`, or the close of the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamEnd {
+    Done,
+    Closed,
+}
+
+async fn status_error(response: reqwest::Response, redactor: &Redactor) -> ProviderError {
     let status = response.status().as_u16();
     let retry_after = response
         .headers()
@@ -357,13 +370,14 @@ async fn status_error(response: reqwest::Response) -> ProviderError {
     let body = response.text().await.unwrap_or_default();
     ProviderError::Status {
         status,
-        message: upstream_message(&body),
+        message: upstream_message(&body, redactor),
         retry_after,
     }
 }
 
-/// The `error.message` of an OpenAI-style error body, else the start of the body.
-fn upstream_message(body: &str) -> String {
+/// Returns the `error.message` of an OpenAI-style error body, else the body, masked and cut by
+/// [`Redactor::quote`].
+fn upstream_message(body: &str, redactor: &Redactor) -> String {
     let parsed = serde_json::from_str::<serde_json::Value>(body).ok();
     let message = parsed
         .as_ref()
@@ -374,11 +388,7 @@ fn upstream_message(body: &str) -> String {
     if message.is_empty() {
         return "(empty body)".to_owned();
     }
-    let mut cut: String = message.chars().take(MAX_ERROR_BODY_CHARS).collect();
-    if cut.len() < message.len() {
-        cut.push('…');
-    }
-    cut
+    redactor.quote(message)
 }
 
 fn parse_completion(bytes: &[u8]) -> Result<Completion, ProviderError> {
@@ -402,34 +412,6 @@ fn too_large(limit: usize) -> ProviderError {
     ))
 }
 
-async fn read_event_stream(
-    response: reqwest::Response,
-    timeout: Duration,
-    max_bytes: usize,
-    text_tx: &mpsc::UnboundedSender<String>,
-) -> Result<Completion, ProviderError> {
-    let mut decoder = SseDecoder::new();
-    let mut builder = CompletionBuilder::default();
-    let mut body = response.bytes_stream();
-    let mut received = 0;
-    while let Some(piece) = body.next().await {
-        let piece = piece.map_err(|err| ProviderError::from_reqwest(err, timeout))?;
-        received += piece.len();
-        if received > max_bytes {
-            return Err(too_large(max_bytes));
-        }
-        for event in decoder.push(&piece).map_err(invalid_utf8)? {
-            if apply_event(&event.data, &mut builder, text_tx)?.is_break() {
-                return finish_stream(builder);
-            }
-        }
-    }
-    if let Some(event) = decoder.finish().map_err(invalid_utf8)? {
-        let _ = apply_event(&event.data, &mut builder, text_tx)?;
-    }
-    finish_stream(builder)
-}
-
 fn invalid_utf8(err: InvalidUtf8) -> ProviderError {
     ProviderError::InvalidResponse(err.to_string())
 }
@@ -437,6 +419,7 @@ fn invalid_utf8(err: InvalidUtf8) -> ProviderError {
 fn apply_event(
     data: &str,
     builder: &mut CompletionBuilder,
+    redactor: &Redactor,
     text_tx: &mpsc::UnboundedSender<String>,
 ) -> Result<std::ops::ControlFlow<()>, ProviderError> {
     let data = data.trim();
@@ -455,7 +438,8 @@ fn apply_event(
             .and_then(|m| m.as_str())
             .unwrap_or("unknown error");
         return Err(ProviderError::InvalidResponse(format!(
-            "error event in stream: {message}"
+            "error event in stream: {}",
+            redactor.quote(message)
         )));
     }
     let chunk: ChatChunk = serde_json::from_value(value).map_err(|err| {
@@ -467,7 +451,14 @@ fn apply_event(
     Ok(std::ops::ControlFlow::Continue(()))
 }
 
-fn finish_stream(builder: CompletionBuilder) -> Result<Completion, ProviderError> {
+/// Builds the completion of a stream that ended with `end`.
+///
+/// A stream that closed without `[DONE]` is accepted only when a `finish_reason` arrived, since
+/// without either it cannot be told apart from a reply that was cut off.
+fn finish_stream(builder: CompletionBuilder, end: StreamEnd) -> Result<Completion, ProviderError> {
+    if end == StreamEnd::Closed && !builder.has_finish_reason() {
+        return Err(ProviderError::IncompleteStream);
+    }
     if builder.is_empty() {
         return Err(ProviderError::InvalidResponse(
             "the stream ended without any choice".into(),

@@ -122,6 +122,11 @@ impl CompletionBuilder {
         !self.saw_choice
     }
 
+    /// Returns whether any chunk carried a non-empty `finish_reason`.
+    pub fn has_finish_reason(&self) -> bool {
+        self.finish_reason.is_some()
+    }
+
     pub fn finish(self) -> Completion {
         let tool_calls = self
             .tool_calls

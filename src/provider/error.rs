@@ -20,6 +20,13 @@ pub enum ProviderError {
     },
     #[error("provider sent an invalid response: {0}")]
     InvalidResponse(String),
+    /// The event stream closed cleanly without `[DONE]` and without any `finish_reason`, which
+    /// looks the same as a reply cut off by a proxy or a crashed server.
+    #[error(
+        "the provider's event stream ended before the reply was complete: neither a \
+         finish_reason nor [DONE] arrived"
+    )]
+    IncompleteStream,
     #[error("cannot build provider client: {0}")]
     Setup(String),
 }
@@ -30,7 +37,11 @@ impl ProviderError {
         match self {
             Self::Timeout(_) | Self::Connect(_) | Self::Transport(_) => true,
             Self::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
-            Self::DeadlineExceeded | Self::InvalidResponse(_) | Self::Setup(_) => false,
+            // A stream is never retried once read, so an incomplete one is not either.
+            Self::DeadlineExceeded
+            | Self::InvalidResponse(_)
+            | Self::IncompleteStream
+            | Self::Setup(_) => false,
         }
     }
 
@@ -47,7 +58,7 @@ impl ProviderError {
         match self {
             Self::Timeout(_) | Self::DeadlineExceeded => "timeout",
             Self::Connect(_) => "connect",
-            Self::Transport(_) => "transport",
+            Self::Transport(_) | Self::IncompleteStream => "transport",
             Self::Status { status: 429, .. } => "rate_limited",
             Self::Status {
                 status: 500..=599, ..

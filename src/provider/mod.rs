@@ -7,6 +7,7 @@
 mod client;
 mod completion;
 mod error;
+mod redact;
 mod retry;
 pub mod sse;
 pub mod wire;

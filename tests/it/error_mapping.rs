@@ -122,6 +122,12 @@ fn cases() -> Vec<Case> {
             &["invalid response", "OpenAI-compatible"],
         ),
         case(
+            ProviderError::IncompleteStream,
+            502,
+            "provider_error",
+            &["finish_reason nor [DONE]", "try again"],
+        ),
+        case(
             ProviderError::Setup("no TLS".to_owned()),
             502,
             "provider_error",
@@ -151,7 +157,13 @@ fn cases() -> Vec<Case> {
             AgentError::SessionBusy(Duration::from_secs(120)),
             503,
             "session_busy",
-            &["earlier turn", "send the message again"],
+            &["120000 ms", "earlier turn", "send the message again"],
+        ),
+        case(
+            AgentError::DeadlineAfterLockWait(Duration::from_millis(2500)),
+            504,
+            "provider_timeout",
+            &["2500 ms", "earlier turns", "agent.turn_timeout_ms"],
         ),
         case(
             AgentError::ShuttingDown,

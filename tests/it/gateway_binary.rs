@@ -178,6 +178,66 @@ async fn logs_are_json_and_never_contain_the_api_key() {
     }
 }
 
+/// Builds a chat completion whose `usage.prompt_tokens` is the string `value`, where a number
+/// belongs, as a server that echoes the request's `Authorization` header into it would send.
+fn completion_with_text_usage(value: &str) -> Value {
+    let mut body = crate::common::fake_openai::completion("unread", Some((1, 1)));
+    body["usage"]["prompt_tokens"] = serde_json::json!(value);
+    body
+}
+
+#[tokio::test]
+async fn echoed_api_key_masked_in_response_and_log() {
+    // "QZX" occurs nowhere else in the log, so any part of the key that leaks is found.
+    let key = "QZX-canary-7f3a9e2b";
+    let echoed = format!("Bearer {key}");
+    let fake = FakeOpenAi::start().await;
+    // A reply that does not parse, once to a plain and once to a streaming request.
+    fake.push(Reply::Json(completion_with_text_usage(&echoed)));
+    fake.push(Reply::Json(completion_with_text_usage(&echoed)));
+    // An error whose 300-character quote ends inside the key.
+    let cut = format!("{}{echoed}", "x".repeat(285));
+    let error = serde_json::json!({ "error": { "message": cut } });
+    fake.push(Reply::status(400, &error.to_string()));
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, &config_for(&fake.base_url(), "api_key = \"${KEY}\""));
+    let mut gateway = GatewayProcess::start(dir.path(), &["--config", &path], &[("KEY", key)]);
+
+    let client = reqwest::Client::new();
+    for (session, stream) in [("plain", false), ("streamed", true), ("cut", false)] {
+        let mut request = message(session, "hi");
+        request["stream"] = serde_json::json!(stream);
+        let response = client
+            .post(gateway.url("/v1/messages"))
+            .json(&request)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 502, "{session}");
+        let body = response.text().await.unwrap();
+        assert!(body.contains("Bearer ********"), "{session}: {body}");
+        assert!(!body.contains("QZX"), "{session}: {body}");
+    }
+    assert_eq!(fake.request_count(), 3);
+    assert_eq!(
+        fake.requests()[0].authorization.as_deref(),
+        Some(echoed.as_str())
+    );
+
+    gateway.signal("TERM");
+    assert_eq!(gateway.wait_exit(Duration::from_secs(10)), Some(0));
+    gateway.drain_log(Duration::from_secs(2));
+    let failures = gateway
+        .log
+        .iter()
+        .filter(|line| line.contains("Request failed"))
+        .count();
+    assert_eq!(failures, 3, "log:\n{}", gateway.log.join("\n"));
+    for line in &gateway.log {
+        assert!(!line.contains("QZX"), "key in log: {line}");
+    }
+}
+
 #[tokio::test]
 async fn sigterm_lets_in_flight_turn_finish() {
     let fake = FakeOpenAi::start().await;

@@ -308,6 +308,34 @@ async fn bad_input_is_rejected_and_nothing_stored() {
 }
 
 #[tokio::test]
+async fn line_separators_in_ids_are_rejected() {
+    let fake = FakeOpenAi::start().await;
+    let gateway = TestGateway::start(&fake.base_url()).await;
+    let separators = [
+        ('\u{2028}', "U+2028", "a%E2%80%A8b"),
+        ('\u{2029}', "U+2029", "a%E2%80%A9b"),
+    ];
+    for (separator, code, in_path) in separators {
+        for field in ["session_id", "user_id"] {
+            let mut body = message("s", "hi");
+            body[field] = json!(format!("a{separator}b"));
+            let (status, response) = gateway.send(body).await;
+            assert_eq!(status, 400, "{field} with {code}: {response}");
+            assert_eq!(response["error"]["type"], "invalid_request");
+            assert_eq!(response["error"]["field"], field, "{response}");
+            let text = response["error"]["message"].as_str().unwrap();
+            assert!(text.contains(field), "{text}");
+            assert!(text.contains(code), "{text}");
+        }
+        let url = gateway.url(&format!("/v1/sessions/{in_path}/messages"));
+        let response = gateway.client.get(url).send().await.unwrap();
+        assert_eq!(response.status(), 400, "session path with {code}");
+    }
+    assert_eq!(fake.request_count(), 0);
+    assert!(gateway.history("s").await.is_none());
+}
+
+#[tokio::test]
 async fn id_of_exactly_256_bytes_is_accepted() {
     let fake = FakeOpenAi::start().await;
     let gateway = TestGateway::start(&fake.base_url()).await;

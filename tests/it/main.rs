@@ -19,6 +19,7 @@ mod prometheus;
 mod provider;
 mod real_model;
 mod sandbox;
+mod session_lock;
 mod shutdown;
 mod sse;
 mod store;

@@ -673,17 +673,49 @@ async fn stream_ends_without_done() {
 #[tokio::test]
 async fn stream_last_event_without_blank_line() {
     let fake = FakeOpenAi::start().await;
-    let body = format!(
-        "{}data: {}",
-        sse_events(&[content_chunk("first ")]),
-        content_chunk("last")
-    );
+    let last = json!({ "choices": [{ "index": 0, "delta": { "content": "last" }, "finish_reason": "stop" }] });
+    let body = format!("{}data: {last}", sse_events(&[content_chunk("first ")]));
     fake.push(Reply::stream_split(&body, &[]));
 
     let (result, received) = complete_streaming(&client(&fake), far_deadline()).await;
 
     assert_eq!(result.unwrap().content, "first last");
     assert_eq!(received.concat(), "first last");
+}
+
+#[tokio::test]
+async fn stream_done_without_blank_line() {
+    let fake = FakeOpenAi::start().await;
+    let body = format!("{}data: [DONE]", sse_events(&[content_chunk("unreasoned")]));
+    fake.push(Reply::stream_split(&body, &[]));
+
+    let (result, received) = complete_streaming(&client(&fake), far_deadline()).await;
+
+    let completion = result.unwrap();
+    assert_eq!(completion.content, "unreasoned");
+    assert_eq!(completion.finish_reason, None);
+    assert_eq!(received.concat(), "unreasoned");
+}
+
+#[tokio::test]
+async fn stream_closed_without_reason_or_done_is_incomplete() {
+    let fake = FakeOpenAi::start().await;
+    let body = sse_events(&[content_chunk("partial "), content_chunk("answer")]);
+    fake.push(Reply::stream_split(&body, &[]));
+
+    let (result, received) = complete_streaming(&client(&fake), far_deadline()).await;
+
+    let error = result.unwrap_err();
+    assert!(
+        matches!(error, ProviderError::IncompleteStream),
+        "{error:?}"
+    );
+    assert_eq!(received.concat(), "partial answer");
+    assert_eq!(
+        fake.request_count(),
+        1,
+        "a stream that sent text is not retried"
+    );
 }
 
 #[tokio::test]
@@ -1113,6 +1145,74 @@ async fn api_key_quoted_in_error_is_masked() {
     assert!(text.contains("Incorrect API key provided"), "{text}");
 }
 
+/// Builds a chat completion whose `usage.prompt_tokens` is the string `value`, where a number
+/// belongs, so that its parse error quotes `value`.
+fn completion_with_text_usage(value: &str) -> Value {
+    let mut body = completion("unread", Some((1, 1)));
+    body["usage"]["prompt_tokens"] = json!(value);
+    body
+}
+
+#[tokio::test]
+async fn api_key_quoted_in_parse_error_is_masked() {
+    let key = "sk-echoed-in-usage-4711";
+    let echoed = format!("Bearer {key}");
+    let fake = FakeOpenAi::start().await;
+    // One reply for each path: a plain request, a streaming request given a plain JSON reply, and
+    // a streamed chunk.
+    fake.push(Reply::Json(completion_with_text_usage(&echoed)));
+    fake.push(Reply::Json(completion_with_text_usage(&echoed)));
+    let mut chunk = content_chunk("unread");
+    chunk["usage"] = json!({ "prompt_tokens": echoed });
+    fake.push(Reply::stream_split(&sse_events(&[chunk]), &[]));
+    let mut settings = config(fake.base_url());
+    settings.api_key = Secret::non_empty(key.to_owned());
+    let client = client_with(&settings);
+
+    let errors = [
+        complete(&client).await.unwrap_err(),
+        complete_streaming(&client, far_deadline())
+            .await
+            .0
+            .unwrap_err(),
+        complete_streaming(&client, far_deadline())
+            .await
+            .0
+            .unwrap_err(),
+    ];
+
+    for (index, error) in errors.into_iter().enumerate() {
+        assert!(
+            matches!(error, ProviderError::InvalidResponse(_)),
+            "reply {index}: {error:?}"
+        );
+        let text = error.to_string();
+        assert!(!text.contains(key), "reply {index}: {text}");
+        assert!(text.contains("Bearer ********"), "reply {index}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn api_key_across_quote_limit_is_masked() {
+    let key = "sk-across-the-cut-8080";
+    // 292 characters come before the key, so the 300-character limit falls inside it.
+    let message = format!("{}Bearer {key}", "x".repeat(285));
+    let fake = FakeOpenAi::start().await;
+    fake.push(Reply::status(
+        400,
+        &json!({ "error": { "message": message } }).to_string(),
+    ));
+    let mut settings = config(fake.base_url());
+    settings.api_key = Secret::non_empty(key.to_owned());
+
+    let error = complete(&client_with(&settings)).await.unwrap_err();
+
+    let (status, text, _) = expect_status(error);
+    assert_eq!(status, 400);
+    assert!(!text.contains("sk-"), "{text}");
+    assert!(text.ends_with("Bearer ********"), "{text}");
+}
+
 #[tokio::test]
 async fn redirect_is_not_followed() {
     let fake = FakeOpenAi::start().await;
@@ -1196,7 +1296,7 @@ async fn null_usage_fields_and_content_parts_are_accepted() {
 #[tokio::test]
 async fn uppercase_event_stream_type_is_streamed() {
     let fake = FakeOpenAi::start().await;
-    let body = sse_events(&[content_chunk("shout")]);
+    let body = format!("{}data: [DONE]\n\n", sse_events(&[content_chunk("shout")]));
     fake.push(Reply::Raw {
         status: 200,
         headers: vec![(

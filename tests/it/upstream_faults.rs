@@ -1,5 +1,6 @@
 //! Model servers that misbehave below the JSON layer: bytes that are not UTF-8, bodies that break
-//! off after the status line, and streams reset after some text reached the client.
+//! off after the status line, streams reset after some text reached the client, and streams that
+//! close cleanly before the reply is complete.
 
 use std::time::Duration;
 
@@ -138,10 +139,11 @@ async fn character_split_across_reads_decodes_exactly() {
     let first_char = event.find('世').unwrap();
     let crab = event.find('🦀').unwrap();
     // Cut inside "世" and inside the crab, with a pause so the pieces arrive as separate reads.
-    let pieces: [&[u8]; 3] = [
+    let pieces: [&[u8]; 4] = [
         &bytes[..first_char + 1],
         &bytes[first_char + 1..crab + 2],
         &bytes[crab + 2..],
+        b"data: [DONE]\n\n",
     ];
     upstream.push(RawReply::event_stream(
         &pieces,
@@ -279,4 +281,60 @@ async fn stream_reset_after_text_ends_with_error_event() {
     );
     assert!(gateway.history("reset").await.is_none());
     assert!(!events.iter().any(|(name, _)| name == "done"));
+}
+
+// Streams that close cleanly before the reply is complete.
+
+/// Builds a chunk that opens the assistant's message without any text, like the first chunk of
+/// OpenAI's streamed replies.
+fn role_chunk() -> String {
+    let chunk = json!({ "choices": [{ "index": 0, "delta": { "role": "assistant" }, "finish_reason": null }] });
+    format!("data: {chunk}\n\n")
+}
+
+#[tokio::test]
+async fn stream_closed_without_end_ends_with_error_event() {
+    let upstream = RawUpstream::start().await;
+    let (first, second) = (chunk("partial "), chunk("answer"));
+    upstream.push(RawReply::event_stream(
+        &[first.as_bytes(), second.as_bytes()],
+        Duration::from_millis(20),
+        End::Close,
+    ));
+    let gateway = TestGateway::start(&upstream.base_url()).await;
+    let mut request = message("closed", "hi");
+    request["stream"] = json!(true);
+    let response = gateway.post_message(request).await;
+    assert_eq!(response.status(), 200);
+    let events = read_events(response).await;
+    assert_eq!(streamed_text(&events), "partial answer");
+    let (name, data) = events.last().unwrap();
+    assert_eq!(name, "error", "{events:?}");
+    assert_eq!(data["error"]["status"], 502);
+    assert_eq!(data["error"]["type"], "provider_error");
+    let text = data["error"]["message"].as_str().unwrap();
+    assert!(text.contains("finish_reason nor [DONE]"), "{text}");
+    assert!(!events.iter().any(|(name, _)| name == "done"));
+    assert!(gateway.history("closed").await.is_none());
+}
+
+#[tokio::test]
+async fn stream_closed_before_any_text_is_502() {
+    let upstream = RawUpstream::start().await;
+    let opening = role_chunk();
+    upstream.push(RawReply::event_stream(
+        &[opening.as_bytes()],
+        Duration::ZERO,
+        End::Close,
+    ));
+    let gateway = TestGateway::start(&upstream.base_url()).await;
+    let mut request = message("empty", "hi");
+    request["stream"] = json!(true);
+    let (status, body) = gateway.send(request).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["type"], "provider_error");
+    let text = body["error"]["message"].as_str().unwrap();
+    assert!(text.contains("finish_reason nor [DONE]"), "{text}");
+    assert_eq!(upstream.request_count(), 1, "a stream is not retried");
+    assert!(gateway.history("empty").await.is_none());
 }

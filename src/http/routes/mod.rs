@@ -14,8 +14,9 @@ pub use body::{check_content_type, read_body};
 /// Longest accepted `session_id` or `user_id`, in bytes.
 pub const MAX_ID_BYTES: usize = 256;
 
-/// Checks a session or user id: not empty, at most [`MAX_ID_BYTES`], no control characters, and no
-/// invisible formatting characters that would make two different ids look the same in logs.
+/// Checks a session or user id: not empty, at most [`MAX_ID_BYTES`], no control characters or line
+/// breaks, and no invisible formatting characters that would make two different ids look the same
+/// in logs.
 pub fn validate_id(field: &str, value: &str) -> Result<(), ApiError> {
     if value.trim().is_empty() {
         return Err(ApiError::field(
@@ -32,10 +33,13 @@ pub fn validate_id(field: &str, value: &str) -> Result<(), ApiError> {
             ),
         ));
     }
-    if value.chars().any(char::is_control) {
+    if let Some(c) = value.chars().find(|&c| is_control_or_line_break(c)) {
         return Err(ApiError::field(
             field,
-            format!("`{field}` must not contain control characters"),
+            format!(
+                "`{field}` must not contain control characters or line breaks; remove U+{:04X}",
+                u32::from(c)
+            ),
         ));
     }
     if value.chars().any(is_invisible_format) {
@@ -47,6 +51,12 @@ pub fn validate_id(field: &str, value: &str) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// Returns whether `c` is a control character (Unicode category Cc) or the line or paragraph
+/// separator U+2028 or U+2029, which JavaScript and many text viewers treat as line breaks.
+fn is_control_or_line_break(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
 }
 
 /// Zero-width, direction-override and byte-order-mark characters (Unicode format characters that
