@@ -16,6 +16,8 @@ pub struct SessionHistory {
     messages: Vec<StoredMessage>,
 }
 
+// NOTE: the whole history is read and returned at once, with no page size or cursor, so a long
+// session makes a large reply: 400 turns of 16 KB each came back as 13 MB.
 pub async fn messages(
     State(state): State<AppState>,
     session_id: Result<Path<String>, PathRejection>,
