@@ -221,3 +221,38 @@ pub(crate) fn origin_to_str(origin: ToolCallOrigin) -> &'static str {
         ToolCallOrigin::CodeMode => "code_mode",
     }
 }
+
+/// Attaches each turn's tool calls to that turn's assistant message.
+pub(crate) fn attach_tool_calls(
+    messages: &mut [StoredMessage],
+    calls: Vec<(String, ToolCallRecord)>,
+) {
+    for (turn_id, call) in calls {
+        if let Some(message) = assistant_of(messages, &turn_id) {
+            message.tool_calls.push(call);
+        }
+    }
+}
+
+/// Attaches each turn's code-mode record to that turn's assistant message.
+pub(crate) fn attach_attempts(
+    messages: &mut [StoredMessage],
+    attempts: Vec<(String, serde_json::Value)>,
+) {
+    for (turn_id, record) in attempts {
+        if let Some(message) = assistant_of(messages, &turn_id) {
+            message.code_mode = Some(record);
+        }
+    }
+}
+
+/// Finds the last assistant message of a turn.
+fn assistant_of<'a>(
+    messages: &'a mut [StoredMessage],
+    turn_id: &str,
+) -> Option<&'a mut StoredMessage> {
+    messages
+        .iter_mut()
+        .rev()
+        .find(|message| message.turn_id == turn_id && message.role == Role::Assistant)
+}

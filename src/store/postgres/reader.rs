@@ -4,9 +4,9 @@ use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{PgConnection, Row};
 
 use crate::agent::ToolCallRecord;
-use crate::provider::wire::Role;
 use crate::store::{
-    StoreError, StoredMessage, origin_from_str, role_from_str, status_from_str, usage_from_columns,
+    StoreError, StoredMessage, attach_attempts, attach_tool_calls, origin_from_str, role_from_str,
+    status_from_str, usage_from_columns,
 };
 
 // `message_from_row` reads these columns by name.
@@ -167,33 +167,4 @@ where
     T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
 {
     row.try_get(column).map_err(StoreError::Postgres)
-}
-
-/// Attaches each turn's tool calls to that turn's assistant message.
-fn attach_tool_calls(messages: &mut [StoredMessage], calls: Vec<(String, ToolCallRecord)>) {
-    for (turn_id, call) in calls {
-        if let Some(message) = assistant_of(messages, &turn_id) {
-            message.tool_calls.push(call);
-        }
-    }
-}
-
-/// Attaches each turn's code-mode record to that turn's assistant message.
-fn attach_attempts(messages: &mut [StoredMessage], attempts: Vec<(String, serde_json::Value)>) {
-    for (turn_id, record) in attempts {
-        if let Some(message) = assistant_of(messages, &turn_id) {
-            message.code_mode = Some(record);
-        }
-    }
-}
-
-/// Finds the last assistant message of a turn, as the SQLite store does.
-fn assistant_of<'a>(
-    messages: &'a mut [StoredMessage],
-    turn_id: &str,
-) -> Option<&'a mut StoredMessage> {
-    messages
-        .iter_mut()
-        .rev()
-        .find(|m| m.turn_id == turn_id && m.role == Role::Assistant)
 }

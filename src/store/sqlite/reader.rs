@@ -10,9 +10,9 @@ use rusqlite::{Connection, Row, params};
 
 use super::connect::{self, Location};
 use crate::agent::ToolCallRecord;
-use crate::provider::wire::Role;
 use crate::store::{
-    StoreError, StoredMessage, origin_from_str, role_from_str, status_from_str, usage_from_columns,
+    StoreError, StoredMessage, attach_attempts, attach_tool_calls, origin_from_str, role_from_str,
+    status_from_str, usage_from_columns,
 };
 
 /// A read to run on a connection. It sends its own result back to the caller.
@@ -198,32 +198,4 @@ fn attempt_from_row(row: &Row<'_>) -> Result<(String, serde_json::Value), StoreE
     let record = serde_json::from_str(text(row, 1)?)
         .map_err(|err| StoreError::Corrupt(format!("code mode record: {err}")))?;
     Ok((row.get(0)?, record))
-}
-
-/// Attaches each turn's tool calls to that turn's assistant message.
-fn attach_tool_calls(messages: &mut [StoredMessage], calls: Vec<(String, ToolCallRecord)>) {
-    for (turn_id, call) in calls {
-        if let Some(message) = assistant_of(messages, &turn_id) {
-            message.tool_calls.push(call);
-        }
-    }
-}
-
-/// Attaches each turn's code-mode record to that turn's assistant message.
-fn attach_attempts(messages: &mut [StoredMessage], attempts: Vec<(String, serde_json::Value)>) {
-    for (turn_id, record) in attempts {
-        if let Some(message) = assistant_of(messages, &turn_id) {
-            message.code_mode = Some(record);
-        }
-    }
-}
-
-fn assistant_of<'a>(
-    messages: &'a mut [StoredMessage],
-    turn_id: &str,
-) -> Option<&'a mut StoredMessage> {
-    messages
-        .iter_mut()
-        .rev()
-        .find(|m| m.turn_id == turn_id && m.role == Role::Assistant)
 }
