@@ -2,7 +2,7 @@
 # Builds and runs the gateway on its embedded defaults against a local SmolLM2 model.
 #
 # Starts the model server on 127.0.0.1:8081 (installing it first if needed), waits until it
-# answers, then runs `xiaomaolv serve` on 127.0.0.1:8080. Ctrl-C or SIGTERM stops both, and the
+# responds, then runs `xiaomaolv serve` on 127.0.0.1:8080. Ctrl-C or SIGTERM stops both, and the
 # script returns only after both have exited; extra arguments go to `xiaomaolv serve`.
 set -euo pipefail
 

@@ -1,7 +1,7 @@
 //! One agent turn: load history, ask the model, save the turn.
 //!
 //! The session lock is held for the whole turn so a second message on the same session waits and
-//! then sees the first turn's messages. A turn whose wait leaves too little of its deadline for a
+//! then reads the first turn's messages. A turn whose wait leaves too little of its deadline for a
 //! model request fails as busy without calling the model. The store is read before and written
 //! after the model call; no transaction is open while the model is working.
 
@@ -67,7 +67,7 @@ pub enum AgentError {
 }
 
 /// The minimum time a turn must have left once it holds its session's lock to call the model. With
-/// less, the turn fails as [`AgentError::SessionBusy`] instead of sending a request whose answer
+/// less, the turn fails as [`AgentError::SessionBusy`] instead of sending a request whose reply
 /// would likely arrive after the deadline and be thrown away.
 ///
 /// NOTE: one second is an estimate of the shortest useful model request, not a measurement; a

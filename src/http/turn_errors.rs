@@ -133,9 +133,9 @@ pub fn store_status(err: &StoreError) -> (StatusCode, &'static str) {
 }
 
 /// Returns whether a PostgreSQL error means the server or the connection went away, rather than
-/// a failed statement: a transport error, a closed pool, or an SQLSTATE of class 08 (connection
-/// exception) or 57 (operator intervention, such as a terminated session), or 55000, which a
-/// database that no longer allows connections reports.
+/// a failed statement. These are a transport error, a closed pool, an SQLSTATE of class 08
+/// (connection exception) or 57 (operator intervention, such as a terminated session), and 55000,
+/// which a database that no longer allows connections reports.
 fn is_connection_lost(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,

@@ -454,7 +454,7 @@ fn apply_event(
 /// Builds the completion of a stream that ended with `end`.
 ///
 /// A stream that closed without `[DONE]` is accepted only when a `finish_reason` arrived, since
-/// without either it cannot be told apart from a reply that was cut off.
+/// without either it is indistinguishable from a reply that was cut off.
 fn finish_stream(builder: CompletionBuilder, end: StreamEnd) -> Result<Completion, ProviderError> {
     if end == StreamEnd::Closed && !builder.has_finish_reason() {
         return Err(ProviderError::IncompleteStream);

@@ -3,8 +3,8 @@
 //! The axum-based fake always sends well-formed HTTP. This one reads one request per connection,
 //! then writes the next scripted reply byte for byte: status line, headers and body as given. So
 //! a test can send a body shorter than its `Content-Length`, bytes that are not UTF-8, or reset
-//! the connection halfway. Every reply closes its connection. With an empty queue it answers with a
-//! plain "pong" completion.
+//! the connection halfway. Every reply closes its connection. With an empty queue it responds
+//! with a plain "pong" completion.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
