@@ -22,7 +22,7 @@
 #   BENCH_FAKE_PORT    loopback port of the fake model (default 18091)
 #   BENCH_WORK_DIR     scratch directory, emptied at start (default /tmp/xiaomaolv-bench)
 #   BENCH_SKIP_BUILD   set to 1 to use the existing target/release/xiaomaolv
-#   BENCH_WORKER_THREADS  the gateway's app.worker_threads (default 0, one per CPU)
+#   BENCH_WORKER_THREADS  the gateway's app.worker_threads (default 0, picked by the CPU count)
 #
 # Needs nginx (Debian nginx-light), wrk, oha (`cargo install oha --locked`), curl and python3.
 set -euo pipefail

@@ -1,7 +1,9 @@
+use std::num::NonZeroUsize;
 use std::process::ExitCode;
 
 use clap::Parser;
 use tokio::runtime::{Builder, Runtime};
+use xiaomaolv::cli::serve::{self, RuntimePlan};
 use xiaomaolv::cli::{self, Cli, Command};
 use xiaomaolv::code_mode::subprocess;
 
@@ -41,14 +43,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the runtime for `app.worker_threads`: one worker per CPU for 0, everything on this
-/// thread for 1, else that many workers.
+/// Builds the runtime for `app.worker_threads`, see [`serve::runtime_plan`].
 fn runtime(worker_threads: u16) -> std::io::Result<Runtime> {
-    match worker_threads {
-        0 => Builder::new_multi_thread().enable_all().build(),
-        1 => Builder::new_current_thread().enable_all().build(),
-        workers => Builder::new_multi_thread()
-            .worker_threads(usize::from(workers))
+    let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    match serve::runtime_plan(worker_threads, cpus) {
+        RuntimePlan::CurrentThread => Builder::new_current_thread().enable_all().build(),
+        RuntimePlan::MultiThread(workers) => Builder::new_multi_thread()
+            .worker_threads(workers)
             .enable_all()
             .build(),
     }

@@ -42,6 +42,35 @@ pub fn load(args: &ServeArgs) -> Result<ServeConfig, CliError> {
     Ok(ServeConfig { config, file })
 }
 
+/// How the async runtime is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimePlan {
+    /// Everything on the thread that calls `block_on`.
+    CurrentThread,
+    /// Work-stealing runtime with this many worker threads.
+    MultiThread(usize),
+}
+
+/// CPUs up to which `app.worker_threads = 0` picks the current-thread runtime.
+///
+/// With two CPUs, a second worker mostly competes for a CPU with the store's writer and
+/// checkpointer threads and with the model server, and every hand-off between workers wakes
+/// another thread. On the 2-vCPU benchmark machine one thread added less latency at every
+/// open-loop rate and lost 5 to 8% of closed-loop throughput (docs/benchmarks.md, run 7).
+pub const CURRENT_THREAD_MAX_CPUS: usize = 2;
+
+/// Picks the runtime for `app.worker_threads` on a machine with `cpus` CPUs. 0 means automatic:
+/// one thread up to [`CURRENT_THREAD_MAX_CPUS`], else one worker per CPU. 1 is the current-thread
+/// runtime, and more is that many workers.
+pub fn runtime_plan(worker_threads: u16, cpus: usize) -> RuntimePlan {
+    match worker_threads {
+        0 if cpus <= CURRENT_THREAD_MAX_CPUS => RuntimePlan::CurrentThread,
+        0 => RuntimePlan::MultiThread(cpus),
+        1 => RuntimePlan::CurrentThread,
+        workers => RuntimePlan::MultiThread(usize::from(workers)),
+    }
+}
+
 pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let loaded = load(&args)?;
     run_loaded(args, loaded).await
@@ -217,5 +246,25 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = interrupt.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_plan_automatic_by_cpus() {
+        assert_eq!(runtime_plan(0, 1), RuntimePlan::CurrentThread);
+        assert_eq!(runtime_plan(0, 2), RuntimePlan::CurrentThread);
+        assert_eq!(runtime_plan(0, 3), RuntimePlan::MultiThread(3));
+        assert_eq!(runtime_plan(0, 16), RuntimePlan::MultiThread(16));
+    }
+
+    #[test]
+    fn runtime_plan_explicit_threads() {
+        assert_eq!(runtime_plan(1, 16), RuntimePlan::CurrentThread);
+        assert_eq!(runtime_plan(2, 1), RuntimePlan::MultiThread(2));
+        assert_eq!(runtime_plan(4, 16), RuntimePlan::MultiThread(4));
     }
 }

@@ -44,8 +44,9 @@ pub struct RawApp {
     /// session's lock. A `POST /v1/messages` beyond it gets 503 with `Retry-After` at once.
     /// Default 1024.
     pub max_concurrent_turns: Option<u32>,
-    /// Threads that run the HTTP server, the turns and the provider calls. 0, the default, is
-    /// one per CPU. 1 runs them all on one thread, which wakes fewer threads per request.
+    /// Threads that run the HTTP server, the turns and the provider calls. 0, the default, picks
+    /// by the number of CPUs. 1 runs them all on one thread, which wakes fewer threads per
+    /// request.
     pub worker_threads: Option<u16>,
 }
 

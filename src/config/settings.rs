@@ -37,7 +37,7 @@ pub struct AppConfig {
     pub log_format: LogFormat,
     pub shutdown_grace_ms: u64,
     pub max_concurrent_turns: u32,
-    /// 0 for one worker thread per CPU.
+    /// 0 to pick by the number of CPUs, see `cli::serve::runtime_plan`.
     pub worker_threads: u16,
 }
 

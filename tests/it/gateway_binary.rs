@@ -301,7 +301,18 @@ fn listening_line(gateway: &GatewayProcess) -> Value {
 
 #[tokio::test]
 async fn worker_threads_sets_runtime_threads() {
-    for (worker_threads, flavor, workers) in [(1, "CurrentThread", 1), (3, "MultiThread", 3)] {
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let automatic = if cpus <= xiaomaolv::cli::serve::CURRENT_THREAD_MAX_CPUS {
+        ("CurrentThread", 1)
+    } else {
+        ("MultiThread", cpus)
+    };
+    let cases = [
+        (0, automatic.0, automatic.1),
+        (1, "CurrentThread", 1),
+        (3, "MultiThread", 3),
+    ];
+    for (worker_threads, flavor, workers) in cases {
         let fake = FakeOpenAi::start().await;
         for i in 0..8 {
             fake.push(Reply::text(&format!("reply {i}")).after(Duration::from_millis(100)));
