@@ -7,6 +7,11 @@ use xiaomaolv::cli::serve::{self, RuntimePlan};
 use xiaomaolv::cli::{self, Cli, Command};
 use xiaomaolv::code_mode::subprocess;
 
+/// mimalloc in place of glibc's malloc, which took about 8% of the gateway's CPU time in a
+/// profile at 2,000 messages/s on the benchmark machine.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(cli.command, Command::CodeModeEngine) {
