@@ -17,6 +17,10 @@ use super::wire::{ChatChunk, ChatCompletion, ChatMessage, ChatRequest, StreamOpt
 use crate::config::{ProviderConfig, Secret};
 use crate::telemetry::Metrics;
 
+/// Maximum bytes read of an error body. Only its first 300 characters are quoted, and a server
+/// that sends a huge or endless error body must hold neither the request nor much memory.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
 /// The start of a streaming request: an event stream to read, or the whole JSON body of a server
 /// that ignored `stream: true`.
 enum StreamStart {
@@ -367,12 +371,46 @@ async fn status_error(response: reqwest::Response, redactor: &Redactor) -> Provi
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, SystemTime::now()));
-    let body = response.text().await.unwrap_or_default();
+    let (body, was_cut) = read_error_body(response).await;
+    let body = if was_cut {
+        redactor.mask_cut(&body)
+    } else {
+        body
+    };
     ProviderError::Status {
         status,
         message: upstream_message(&body, redactor),
         retry_after,
     }
+}
+
+/// Reads an error body up to [`MAX_ERROR_BODY_BYTES`] and drops the response, which closes the
+/// connection when more was sent. Returns the text and whether it reached the maximum. Bytes that are not
+/// UTF-8 become U+FFFD, and a body that breaks off keeps what arrived.
+async fn read_error_body(response: reqwest::Response) -> (String, bool) {
+    let mut body = response.bytes_stream();
+    let mut bytes = Vec::new();
+    let mut was_cut = false;
+    while let Some(Ok(piece)) = body.next().await {
+        let room = MAX_ERROR_BODY_BYTES - bytes.len();
+        // A body of exactly the maximum counts as cut too, because waiting to learn whether more
+        // follows could stall.
+        if piece.len() >= room {
+            bytes.extend_from_slice(&piece[..room]);
+            was_cut = true;
+            break;
+        }
+        bytes.extend_from_slice(&piece);
+    }
+    if was_cut {
+        // The cut may fall inside a character, whose first bytes would become U+FFFD.
+        if let Err(err) = std::str::from_utf8(&bytes)
+            && err.error_len().is_none()
+        {
+            bytes.truncate(err.valid_up_to());
+        }
+    }
+    (String::from_utf8_lossy(&bytes).into_owned(), was_cut)
 }
 
 /// Returns the `error.message` of an OpenAI-style error body, else the body, masked and cut by

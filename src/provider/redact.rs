@@ -38,6 +38,25 @@ impl Redactor {
         text
     }
 
+    /// Masks the key in text that was cut at its end, and removes a start of the key that the cut
+    /// left at the end, which [`Redactor::mask`] cannot recognize.
+    pub(super) fn mask_cut(&self, text: &str) -> String {
+        let mut masked = self.mask(text);
+        let Some(key) = self.api_key.as_ref().map(Secret::expose) else {
+            return masked;
+        };
+        for form in quoted_forms(key) {
+            let partial = (1..form.len())
+                .rev()
+                .filter(|&len| form.is_char_boundary(len))
+                .find(|&len| masked.ends_with(&form[..len]));
+            if let Some(len) = partial {
+                masked.truncate(masked.len() - len);
+            }
+        }
+        masked
+    }
+
     /// Masks the key in upstream text, then cuts it to [`MAX_QUOTED_CHARS`] characters with a
     /// trailing `…` when it was longer.
     pub(super) fn quote(&self, text: &str) -> String {
@@ -113,6 +132,20 @@ mod tests {
         assert!(!quoted.contains("sk-"), "{quoted}");
         assert!(quoted.ends_with('…'), "{quoted}");
         assert_eq!(quoted.chars().count(), MAX_QUOTED_CHARS + 1);
+    }
+
+    #[test]
+    fn mask_cut_removes_key_start_at_end() {
+        let key = "sk-cut-in-half-31337";
+        let text = format!("Bearer {key} and Bearer {}", &key[..9]);
+        let masked = redactor(key).mask_cut(&text);
+        assert_eq!(masked, format!("Bearer {MASK} and Bearer "));
+    }
+
+    #[test]
+    fn mask_cut_keeps_text_without_key_start() {
+        let masked = redactor("sk-abc").mask_cut("upstream failed: x");
+        assert_eq!(masked, "upstream failed: x");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 mod postgres;
 mod sqlite;
+mod write_health;
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use serde::Serialize;
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+pub use write_health::{WriteFailure, WriteFault};
 
 use crate::agent::{ToolCallOrigin, ToolCallRecord, ToolCallStatus};
 use crate::config::StoreConfig;
@@ -146,6 +148,10 @@ pub trait HistoryStore: Send + Sync + 'static {
 
     /// Runs a trivial query to check that the store is reachable.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Returns the fault of the most recent commit when it failed and no commit has succeeded
+    /// since. It reads what the store recorded and runs no query.
+    fn write_failure(&self) -> Option<WriteFailure>;
 }
 
 /// Opens the store named by `config.url` and applies pending migrations.

@@ -1214,6 +1214,25 @@ async fn api_key_across_quote_limit_is_masked() {
 }
 
 #[tokio::test]
+async fn api_key_across_error_body_limit_is_masked() {
+    let key = "sk-across-64-kib-2718";
+    // Spaces fill the first 65,526 bytes, so the 64 KiB read limit falls after the key's tenth
+    // byte. The body is not JSON, so its trimmed text is quoted: the start of the key alone.
+    let body = format!("{}{key} and more", " ".repeat(64 * 1024 - 10));
+    let fake = FakeOpenAi::start().await;
+    fake.push(Reply::status(400, &body));
+    let mut settings = config(fake.base_url());
+    settings.api_key = Secret::non_empty(key.to_owned());
+
+    let error = complete(&client_with(&settings)).await.unwrap_err();
+
+    let (status, text, _) = expect_status(error);
+    assert_eq!(status, 400);
+    assert!(!text.contains("sk-"), "{text}");
+    assert!(text.contains("(empty body)"), "{text}");
+}
+
+#[tokio::test]
 async fn redirect_is_not_followed() {
     let fake = FakeOpenAi::start().await;
     let target = FakeOpenAi::start().await;

@@ -98,3 +98,135 @@ async fn deleted_file_makes_health_and_turns_503() {
     assert!(text.contains("moved or deleted"), "{text}");
     assert!(text.contains("Restart the gateway"), "{text}");
 }
+
+/// Files with the immutable attribute (`chattr +i`) while it lives. Writes to an immutable file
+/// fail with EPERM even through a descriptor opened before, and for root too, so SQLite gets a
+/// real I/O error. Dropping it clears the attribute, so the temporary directory can be deleted.
+struct Immutable {
+    paths: Vec<PathBuf>,
+}
+
+impl Immutable {
+    /// Returns `None` when `chattr +i` fails, as it does without CAP_LINUX_IMMUTABLE or on a file
+    /// system without the attribute.
+    fn set(paths: &[PathBuf]) -> Option<Self> {
+        let status = std::process::Command::new("chattr")
+            .arg("+i")
+            .args(paths)
+            .status()
+            .ok()?;
+        let immutable = Self {
+            paths: paths.to_vec(),
+        };
+        status.success().then_some(immutable)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let status = std::process::Command::new("chattr")
+            .arg("-i")
+            .args(&self.paths)
+            .status();
+        assert!(
+            status.is_ok_and(|status| status.success()),
+            "chattr -i failed on {:?}",
+            self.paths
+        );
+    }
+}
+
+async fn health(gateway: &TestGateway) -> (u16, serde_json::Value) {
+    let response = gateway
+        .client
+        .get(gateway.url("/health"))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[tokio::test]
+async fn unwritable_file_makes_health_503_until_commit() {
+    let provider = FakeOpenAi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        store_url: Some(format!("sqlite://{}", database(&dir).display())),
+        ..Options::default()
+    };
+    let gateway = TestGateway::start_with(&provider.base_url(), options).await;
+    let (status, body) = gateway.send(message("s1", "hello")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(health(&gateway).await.0, 200);
+
+    // A commit appends to the write-ahead log, and a checkpoint copies it into the database file.
+    let wal = dir.path().join("history.db-wal");
+    assert!(wal.exists(), "the store runs in WAL mode");
+    let Some(immutable) = Immutable::set(&[database(&dir), wal]) else {
+        // NOTE: without CAP_LINUX_IMMUTABLE this test checks nothing. Root ignores file modes,
+        // and a descriptor that SQLite opened before keeps writing after a chmod.
+        assert!(!is_root(), "chattr +i failed as root; is chattr installed?");
+        eprintln!("skipped: chattr +i needs root (CAP_LINUX_IMMUTABLE)");
+        return;
+    };
+    let before_failure = now_ms();
+    let (status, body) = gateway.send(message("s1", "again")).await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["error"]["type"], "store_error", "{body}");
+
+    let (status, body) = health(&gateway).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "unavailable", "{body}");
+    assert_eq!(body["store"], "write_failed", "{body}");
+    let error = &body["error"];
+    assert_eq!(error["type"], "store_write_failed", "{body}");
+    assert_eq!(error["store"], "sqlite", "{body}");
+    assert_eq!(error["kind"], "io_error", "{body}");
+    let code = error["code"].as_str().unwrap();
+    assert!(code.starts_with("SQLITE_IOERR ("), "{body}");
+    assert_eq!(error["failed_commits"], 1, "{body}");
+    let first_failed = error["first_failed_at_ms"].as_i64().unwrap();
+    assert!(first_failed >= before_failure, "{body}");
+    assert!(first_failed <= now_ms(), "{body}");
+    let last_success = error["last_success_at_ms"].as_i64().unwrap();
+    assert!(last_success <= first_failed, "{body}");
+    let text = error["message"].as_str().unwrap();
+    assert!(
+        text.contains("SQLite history store failed (io_error)"),
+        "{text}"
+    );
+    assert!(text.contains("immutable attribute"), "{text}");
+    assert!(!text.contains("INSERT"), "{text}");
+
+    let (status, body) = gateway.send(message("s2", "still failing")).await;
+    assert_eq!(status, 500, "{body}");
+    let (status, body) = health(&gateway).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["failed_commits"], 2, "{body}");
+    assert_eq!(
+        body["error"]["first_failed_at_ms"], first_failed,
+        "the run keeps its start"
+    );
+
+    drop(immutable);
+    let (status, body) = gateway.send(message("s1", "recovered")).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = health(&gateway).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, serde_json::json!({ "status": "ok" }));
+    let history = gateway.history("s1").await.unwrap();
+    assert_eq!(history.len(), 4, "the failed turn left no rows");
+}
+
+fn now_ms() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(since_epoch.as_millis()).unwrap()
+}

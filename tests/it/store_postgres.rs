@@ -354,6 +354,102 @@ async fn lost_database_fails_health_and_turns() {
     assert!(!body.to_string().contains(PASSWORD), "{body}");
 }
 
+/// Runs `sql` on `database` as the superuser.
+async fn run_as_superuser(database: &str, sql: &str) {
+    let mut admin = pg::cluster().connect(database).await;
+    sqlx::raw_sql(sql)
+        .execute(&mut admin)
+        .await
+        .unwrap_or_else(|err| panic!("`{sql}` failed: {err}"));
+}
+
+async fn health(gateway: &TestGateway) -> (u16, serde_json::Value) {
+    let response = gateway
+        .client
+        .get(gateway.url("/health"))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn revoked_insert_fails_health_until_granted() {
+    let owned = pg::fresh_database_owned_by_role().await;
+    let fake = FakeOpenAi::start().await;
+    let options = Options {
+        store_url: Some(owned.url.clone()),
+        ..Default::default()
+    };
+    let gateway = TestGateway::start_with(&fake.base_url(), options).await;
+    let (status, body) = gateway.send(message("s1", "hello")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(health(&gateway).await.0, 200);
+
+    let revoke = format!("REVOKE INSERT ON messages FROM {}", owned.role);
+    run_as_superuser(&owned.database, &revoke).await;
+    let before_failure = now_ms();
+    let (status, body) = gateway.send(message("s1", "again")).await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["error"]["type"], "store_error", "{body}");
+
+    let (status, body) = health(&gateway).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "unavailable", "{body}");
+    assert_eq!(body["store"], "write_failed", "{body}");
+    let error = &body["error"];
+    assert_eq!(error["type"], "store_write_failed", "{body}");
+    assert_eq!(error["store"], "postgresql", "{body}");
+    assert_eq!(error["kind"], "permission_denied", "{body}");
+    assert_eq!(error["code"], "42501", "{body}");
+    assert_eq!(error["failed_commits"], 1, "{body}");
+    let first_failed = error["first_failed_at_ms"].as_i64().unwrap();
+    assert!(first_failed >= before_failure, "{body}");
+    assert!(first_failed <= now_ms(), "{body}");
+    let last_success = error["last_success_at_ms"].as_i64().unwrap();
+    assert!(last_success <= first_failed, "{body}");
+    let text = error["message"].as_str().unwrap();
+    assert!(text.contains("PostgreSQL history store failed"), "{text}");
+    assert!(
+        text.contains("grant the user of store.url INSERT"),
+        "{text}"
+    );
+    assert!(!body.to_string().contains(PASSWORD), "{body}");
+    assert!(!body.to_string().contains("INSERT INTO"), "{body}");
+
+    let grant = format!("GRANT INSERT ON messages TO {}", owned.role);
+    run_as_superuser(&owned.database, &grant).await;
+    let (status, body) = gateway.send(message("s1", "third")).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = health(&gateway).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, serde_json::json!({ "status": "ok" }));
+}
+
+#[tokio::test]
+async fn rejected_turn_is_not_write_failure() {
+    let url = fresh_database().await;
+    let store = PostgresStore::open(&config(&url)).await.unwrap();
+    pg::reject_boom(&url).await;
+
+    let rejected = turn("s1", "t1", "q", "boom", None);
+    store.save_turn(&rejected).await.unwrap_err();
+    assert_eq!(store.write_failure(), None, "a trigger rejected one turn");
+
+    // NUL is valid in Rust strings and rejected by PostgreSQL's text type.
+    let with_nul = turn("s2", "t2", "q", "a\0b", None);
+    store.save_turn(&with_nul).await.unwrap_err();
+    assert_eq!(store.write_failure(), None, "one turn held a NUL character");
+}
+
+fn now_ms() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(since_epoch.as_millis()).unwrap()
+}
+
 /// Waits until the server has ended every session on `database`, because
 /// `pg_terminate_backend` only signals them.
 async fn wait_for_no_sessions(admin: &mut sqlx::PgConnection, database: &str) {

@@ -14,7 +14,7 @@ use xiaomaolv::provider::{Completion, ProviderClient, ProviderError};
 use crate::common::fake_openai::completion;
 use crate::common::raw_upstream::{End, RawReply, RawUpstream, content_chunk as chunk};
 use crate::common::sse_client::{read_events, streamed_text};
-use crate::common::{Options, TestGateway, message};
+use crate::common::{FakeOpenAi, Options, Reply, TestGateway, message};
 
 /// `text` as bytes with its one `@` replaced by 0xFF, a byte that never occurs in UTF-8.
 fn with_invalid_byte(text: &str) -> Vec<u8> {
@@ -178,6 +178,42 @@ async fn gateway_answers_invalid_utf8_with_502() {
         assert_eq!(body["error"]["type"], "provider_error", "stream={stream}");
         let text = body["error"]["message"].as_str().unwrap();
         assert!(text.contains("not valid UTF-8"), "stream={stream}: {text}");
+        assert!(gateway.history(&session).await.is_none(), "stream={stream}");
+    }
+}
+
+#[tokio::test]
+async fn huge_error_body_returns_502_quickly() {
+    let fake = FakeOpenAi::start().await;
+    let gateway = TestGateway::start(&fake.base_url()).await;
+    for stream in [false, true] {
+        // 8 MiB, and then the body stays open, so a client that read it all would wait for
+        // request_timeout_ms (60 s by default).
+        fake.push(Reply::Flood {
+            status: 400,
+            len: 8 * 1024 * 1024,
+            stall: true,
+        });
+        let session = format!("flood-{stream}");
+        let mut request = message(&session, "hi");
+        request["stream"] = json!(stream);
+        let started = Instant::now();
+        let (status, body) = gateway.send(request).await;
+
+        assert_eq!(status, 502, "stream={stream}: {body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "stream={stream}: took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(body["error"]["type"], "provider_error", "stream={stream}");
+        let text = body["error"]["message"].as_str().unwrap();
+        assert!(text.contains("400"), "stream={stream}: {text}");
+        assert!(
+            text.contains(r#"{"error":{"message":"xxx"#),
+            "stream={stream}: {text}"
+        );
+        assert!(text.len() < 1_000, "stream={stream}: {} bytes", text.len());
         assert!(gateway.history(&session).await.is_none(), "stream={stream}");
     }
 }

@@ -7,6 +7,7 @@
 //! different sessions run in parallel. Reads return only committed turns.
 
 mod connect;
+mod fault;
 mod reader;
 mod writer;
 
@@ -15,7 +16,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sqlx::postgres::PgPool;
 
-use super::{HistoryStore, NewTurn, StoreError, StoredMessage};
+use super::write_health::WriteHealth;
+use super::{HistoryStore, NewTurn, StoreError, StoredMessage, WriteFailure};
 use crate::config::StoreConfig;
 
 /// PostgreSQL history on a connection pool.
@@ -25,6 +27,8 @@ pub struct PostgresStore {
     /// Host and port, database and user, for errors. It never contains the password.
     server: Arc<str>,
     timeout_ms: u64,
+    /// The outcome of the most recent save's commit.
+    health: Arc<WriteHealth>,
 }
 
 impl PostgresStore {
@@ -38,6 +42,7 @@ impl PostgresStore {
             pool,
             server: server.into(),
             timeout_ms: connect::millis(config.busy_timeout()),
+            health: Arc::new(WriteHealth::new("postgresql")),
         })
     }
 
@@ -77,10 +82,23 @@ impl HistoryStore for PostgresStore {
     }
 
     async fn save_turn(&self, turn: &NewTurn) -> Result<(), StoreError> {
-        self.name_server(writer::save_turn(&self.pool, turn).await)
+        let result = self.name_server(writer::save_turn(&self.pool, turn).await);
+        match &result {
+            Ok(()) => self.health.succeeded(),
+            Err(err) => {
+                if let Some(fault) = fault::write_fault(err) {
+                    self.health.failed(fault);
+                }
+            }
+        }
+        result
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.name_server(reader::ping(&self.pool).await)
+    }
+
+    fn write_failure(&self) -> Option<WriteFailure> {
+        self.health.failure()
     }
 }

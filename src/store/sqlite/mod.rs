@@ -12,6 +12,7 @@
 
 mod checkpoint;
 mod connect;
+mod fault;
 mod file_identity;
 mod reader;
 mod writer;
@@ -22,7 +23,8 @@ use async_trait::async_trait;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::{HistoryStore, NewTurn, StoreError, StoredMessage};
+use super::write_health::WriteHealth;
+use super::{HistoryStore, NewTurn, StoreError, StoredMessage, WriteFailure};
 use crate::config::StoreConfig;
 use connect::Location;
 use file_identity::FileIdentity;
@@ -45,6 +47,8 @@ pub struct SqliteStore {
     readers: Option<Arc<ReadPool>>,
     /// `None` for an in-memory database.
     file: Option<FileIdentity>,
+    /// The outcome of the most recent commit.
+    health: Arc<WriteHealth>,
 }
 
 impl SqliteStore {
@@ -70,11 +74,14 @@ impl SqliteStore {
                 Some(open_readers(location, config).await?),
             ),
         };
-        let writer = Writer::start(writer, busy_timeout, checkpoints).map_err(StoreError::Spawn)?;
+        let health = Arc::new(WriteHealth::new("sqlite"));
+        let writer = Writer::start(writer, busy_timeout, checkpoints, Arc::clone(&health))
+            .map_err(StoreError::Spawn)?;
         Ok(Self {
             writer,
             readers,
             file,
+            health,
         })
     }
 
@@ -178,5 +185,9 @@ impl HistoryStore for SqliteStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.read(|connection| reader::ping(connection)).await
+    }
+
+    fn write_failure(&self) -> Option<WriteFailure> {
+        self.health.failure()
     }
 }

@@ -21,7 +21,9 @@ use rusqlite::{Connection, ErrorCode, params};
 use tokio::sync::oneshot;
 
 use super::checkpoint::{self, COMMITS_PER_CHECKPOINT, Checkpointer, Restart};
+use super::fault::write_fault;
 use super::reader::ReadJob;
+use crate::store::write_health::WriteHealth;
 use crate::store::{NewTurn, StoreError, origin_to_str, status_to_str};
 
 /// Most turns written in one transaction, which bounds how long the first caller of a batch waits.
@@ -81,6 +83,7 @@ pub(super) struct Writer {
     commands: flume::Sender<Command>,
     connection: Arc<Mutex<WriteConnection>>,
     checkpoints: Option<Arc<Checkpoints>>,
+    health: Arc<WriteHealth>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -94,11 +97,12 @@ impl std::fmt::Debug for Writer {
 impl Writer {
     /// Starts the writer thread on `connection`, whose busy timeout is `busy_timeout`. With
     /// `checkpoint_connection`, it also starts the checkpointer on that connection and nudges it
-    /// every [`COMMITS_PER_CHECKPOINT`] commits.
+    /// every [`COMMITS_PER_CHECKPOINT`] commits. Every commit's outcome goes to `health`.
     pub(super) fn start(
         connection: Connection,
         busy_timeout: Duration,
         checkpoint_connection: Option<Connection>,
+        health: Arc<WriteHealth>,
     ) -> std::io::Result<Self> {
         let (commands, queue) = flume::unbounded();
         let connection = Arc::new(Mutex::new(WriteConnection {
@@ -120,6 +124,7 @@ impl Writer {
             commands,
             connection,
             checkpoints,
+            health,
         };
         let thread_side = writer.clone_for_thread();
         thread::Builder::new()
@@ -134,6 +139,7 @@ impl Writer {
         ThreadSide {
             connection: Arc::clone(&self.connection),
             checkpoints: self.checkpoints.clone(),
+            health: Arc::clone(&self.health),
         }
     }
 
@@ -169,16 +175,17 @@ impl Writer {
             Err(TryLockError::WouldBlock) => return None,
         };
         let connection = guard.with_busy_timeout(Duration::ZERO).ok()?;
-        match commit_batch(connection, std::iter::once(turn)) {
-            Ok(mut outcomes) => outcomes.pop(),
-            Err(err) => {
-                rollback(connection);
-                if is_locked(&err) {
-                    None
-                } else {
-                    Some(Err(StoreError::Query(Arc::new(err))))
-                }
+        let result = commit_batch(connection, std::iter::once(turn));
+        if let Err(err) = &result {
+            rollback(connection);
+            if is_locked(err) {
+                return None;
             }
+        }
+        record_outcome(&self.health, &result);
+        match result {
+            Ok(mut outcomes) => outcomes.pop(),
+            Err(err) => Some(Err(StoreError::Query(Arc::new(err)))),
         }
     }
 
@@ -190,10 +197,11 @@ impl Writer {
     }
 }
 
-/// The writer thread's share of the connection and the checkpoint counter.
+/// The writer thread's share of the connection, the checkpoint counter and the commit record.
 struct ThreadSide {
     connection: Arc<Mutex<WriteConnection>>,
     checkpoints: Option<Arc<Checkpoints>>,
+    health: Arc<WriteHealth>,
 }
 
 impl ThreadSide {
@@ -215,7 +223,7 @@ impl ThreadSide {
             if batch.is_empty() {
                 continue;
             }
-            write_batch(connection, &mut batch);
+            write_batch(connection, &mut batch, &self.health);
             drop(guard);
             if let Some(checkpoints) = &self.checkpoints {
                 checkpoints
@@ -290,8 +298,10 @@ fn accept(connection: &mut Connection, command: Command, batch: &mut Vec<SaveJob
 
 /// Writes the batch in one transaction and sends every caller its outcome. A caller that stopped
 /// waiting does not stop its turn from being written.
-fn write_batch(connection: &Connection, batch: &mut Vec<SaveJob>) {
-    let outcomes = match commit_batch(connection, batch.iter().map(|job| &job.turn)) {
+fn write_batch(connection: &Connection, batch: &mut Vec<SaveJob>, health: &WriteHealth) {
+    let result = commit_batch(connection, batch.iter().map(|job| &job.turn));
+    record_outcome(health, &result);
+    let outcomes = match result {
         Ok(outcomes) => outcomes,
         Err(err) => {
             rollback(connection);
@@ -304,6 +314,26 @@ fn write_batch(connection: &Connection, batch: &mut Vec<SaveJob>) {
     };
     for (job, outcome) in batch.drain(..).zip(outcomes) {
         let _ = job.reply.send(outcome);
+    }
+}
+
+/// Records a commit in `health`. It failed when the transaction, or a turn inside it, failed with
+/// a store fault. A transaction that failed for one turn's rows, such as a deferred foreign key,
+/// is not recorded.
+fn record_outcome(health: &WriteHealth, result: &rusqlite::Result<Vec<Result<(), StoreError>>>) {
+    let fault = match result {
+        Ok(outcomes) => outcomes.iter().find_map(|outcome| match outcome {
+            Err(StoreError::Query(err)) => write_fault(err),
+            _ => None,
+        }),
+        Err(err) => match write_fault(err) {
+            Some(fault) => Some(fault),
+            None => return,
+        },
+    };
+    match fault {
+        Some(fault) => health.failed(fault),
+        None => health.succeeded(),
     }
 }
 
@@ -466,7 +496,7 @@ mod tests {
             });
             replies.push(result);
         }
-        write_batch(connection, &mut batch);
+        write_batch(connection, &mut batch, &WriteHealth::new("sqlite"));
         assert!(batch.is_empty(), "every job is answered");
         replies
             .into_iter()
@@ -488,7 +518,8 @@ mod tests {
         for migration in sqlx::migrate!("./migrations/sqlite").iter() {
             connection.execute_batch(&migration.sql).unwrap();
         }
-        let writer = Writer::start(connection, Duration::from_secs(5), None).unwrap();
+        let health = Arc::new(WriteHealth::new("sqlite"));
+        let writer = Writer::start(connection, Duration::from_secs(5), None, health).unwrap();
         (writer, path)
     }
 
@@ -607,5 +638,35 @@ mod tests {
 
         let outcomes = write(&connection, &[turn("s1", "a")]);
         assert!(outcomes[0].is_ok(), "the next batch commits: {outcomes:?}");
+    }
+
+    #[test]
+    fn rejected_rows_are_not_store_faults() {
+        let health = WriteHealth::new("sqlite");
+        let constraint = Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY),
+            None,
+        ));
+        record_outcome(&health, &constraint);
+        assert_eq!(health.failure(), None, "a failed deferred foreign key");
+
+        let turn_rejected = Ok(vec![Ok(()), Err(StoreError::Corrupt("bad".to_owned()))]);
+        record_outcome(&health, &turn_rejected);
+        assert_eq!(health.failure(), None, "one turn failed inside a commit");
+    }
+
+    #[test]
+    fn io_error_is_recorded_until_commit() {
+        let health = WriteHealth::new("sqlite");
+        let io_error = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR_WRITE),
+            None,
+        );
+        record_outcome(&health, &Err(io_error));
+        let failure = health.failure().expect("the failed commit is recorded");
+        assert_eq!(failure.fault.kind, "io_error");
+
+        record_outcome(&health, &Ok(vec![Ok(())]));
+        assert_eq!(health.failure(), None, "a commit clears the failure");
     }
 }

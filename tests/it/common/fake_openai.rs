@@ -17,6 +17,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 /// One scripted answer.
@@ -37,6 +38,15 @@ pub enum Reply {
     },
     /// Waits, then answers with the inner reply.
     Delayed(Duration, Box<Reply>),
+    /// `status` with a body of `len` bytes, sent in 64 KiB pieces as fast as the client reads
+    /// them: an OpenAI-style error whose message never ends, `{"error":{"message":"xxx…`. With
+    /// `stall`, the body then stays open without sending more, so a client that reads to the end
+    /// waits until its timeout.
+    Flood {
+        status: u16,
+        len: usize,
+        stall: bool,
+    },
 }
 
 impl Reply {
@@ -249,6 +259,32 @@ async fn respond(reply: Reply) -> Response {
                 .body(Body::from_stream(stream))
                 .unwrap()
         }
+        Reply::Flood { status, len, stall } => flood(status, len, stall),
         Reply::Delayed(..) => unreachable!("unwrapped above"),
     }
+}
+
+/// Builds the response of [`Reply::Flood`].
+fn flood(status: u16, len: usize, stall: bool) -> Response {
+    const PIECE: usize = 64 * 1024;
+    let start = br#"{"error":{"message":""#;
+    let mut first = start.to_vec();
+    first.resize(PIECE.min(len).max(start.len()), b'x');
+    first.truncate(len);
+    let pieces = std::iter::once(Bytes::from(first)).chain(
+        (PIECE..len)
+            .step_by(PIECE)
+            .map(move |offset| Bytes::from(vec![b'x'; PIECE.min(len - offset)])),
+    );
+    let sent = futures_util::stream::iter(pieces.map(Ok::<_, std::io::Error>));
+    let body = if stall {
+        Body::from_stream(sent.chain(futures_util::stream::pending()))
+    } else {
+        Body::from_stream(sent)
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(body)
+        .unwrap()
 }

@@ -76,6 +76,44 @@ pub async fn fresh_database() -> String {
     cluster.url(&name)
 }
 
+/// A database owned by a login role that is not a superuser, so that revoked privileges apply
+/// to the gateway that connects as that role.
+pub struct OwnedDatabase {
+    /// The URL of the database as `role`, with the password in it.
+    pub url: String,
+    pub role: String,
+    pub database: String,
+}
+
+/// Creates a login role and an empty database that it owns. The gateway's migrations then create
+/// the tables as that role.
+pub async fn fresh_database_owned_by_role() -> OwnedDatabase {
+    let cluster = cluster();
+    let number = DATABASES.fetch_add(1, Ordering::Relaxed);
+    let role = format!("xiaomaolv_role_{}_{number}", std::process::id());
+    let database = format!("xiaomaolv_test_{}_{number}", std::process::id());
+    let mut admin = cluster.connect("postgres").await;
+    // CREATE DATABASE cannot run in the implicit transaction of a multi-statement query.
+    for sql in [
+        format!("CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}'"),
+        format!("CREATE DATABASE {database} OWNER {role}"),
+    ] {
+        sqlx::raw_sql(&sql)
+            .execute(&mut admin)
+            .await
+            .unwrap_or_else(|err| panic!("`{sql}` failed: {err}"));
+    }
+    admin.close().await.unwrap();
+    OwnedDatabase {
+        url: format!(
+            "postgres://{role}:{PASSWORD}@127.0.0.1:{}/{database}",
+            cluster.port
+        ),
+        role,
+        database,
+    }
+}
+
 /// Makes every insert of a message with content `boom` fail with "rejected by test trigger".
 pub async fn reject_boom(url: &str) {
     let mut raw = <sqlx::PgConnection as sqlx::Connection>::connect(url)
