@@ -15,7 +15,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sqlx::postgres::PgPool;
 
-use super::{HistoryStore, NewTurn, StoreError, StoredMessage};
+use super::{HistoryStore, MessagePage, NewTurn, PageRequest, StoreError, StoredMessage};
 use crate::config::StoreConfig;
 
 /// PostgreSQL history on a connection pool.
@@ -69,11 +69,12 @@ impl HistoryStore for PostgresStore {
         self.name_server(reader::recent_messages(&self.pool, session_id, limit).await)
     }
 
-    async fn session_messages(
+    async fn message_page(
         &self,
         session_id: &str,
-    ) -> Result<Option<Vec<StoredMessage>>, StoreError> {
-        self.name_server(reader::session_messages(&self.pool, session_id).await)
+        request: PageRequest,
+    ) -> Result<Option<MessagePage>, StoreError> {
+        self.name_server(reader::message_page(&self.pool, session_id, request).await)
     }
 
     async fn save_turn(&self, turn: &NewTurn) -> Result<(), StoreError> {

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::{HistoryStore, NewTurn, StoreError, StoredMessage};
+use super::{HistoryStore, MessagePage, NewTurn, PageRequest, StoreError, StoredMessage};
 use crate::config::StoreConfig;
 use connect::Location;
 use file_identity::FileIdentity;
@@ -152,16 +152,18 @@ impl HistoryStore for SqliteStore {
             .await
     }
 
-    async fn session_messages(
+    async fn message_page(
         &self,
         session_id: &str,
-    ) -> Result<Option<Vec<StoredMessage>>, StoreError> {
+        request: PageRequest,
+    ) -> Result<Option<MessagePage>, StoreError> {
         self.check_file()?;
         let session_id = session_id.to_owned();
-        let query =
-            move |connection: &mut Connection| reader::session_messages(connection, &session_id);
+        let query = move |connection: &mut Connection| {
+            reader::message_page(connection, &session_id, request)
+        };
         match &self.readers {
-            // A whole session can be long, so it is read off the async workers.
+            // A page can contain up to 1000 long messages, so it is read off the async workers.
             Some(readers) => {
                 let readers = Arc::clone(readers);
                 blocking(move || readers.run(query)).await
