@@ -10,6 +10,7 @@ mod postgres;
 mod sqlite;
 mod write_health;
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -127,6 +128,59 @@ pub struct StoredMessage {
     pub code_mode: Option<serde_json::Value>,
 }
 
+/// Request for a page of a session's history, the newest `limit` messages whose id is below
+/// `before`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest {
+    pub limit: NonZeroU32,
+    /// A message id from [`MessagePage::next_before`]. `None` starts at the newest message.
+    pub before: Option<i64>,
+}
+
+impl PageRequest {
+    /// Returns how many rows a page query reads: one more than the page contains, which shows
+    /// whether an older page exists.
+    pub(crate) fn rows_to_read(&self) -> i64 {
+        i64::from(self.limit.get()) + 1
+    }
+}
+
+/// One page of a session's history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessagePage {
+    /// Oldest first. Tool calls and code-mode records are attached to their turn's assistant
+    /// message when that message is on this page.
+    pub messages: Vec<StoredMessage>,
+    /// The `before` of the next older page, or `None` when no older message exists.
+    pub next_before: Option<i64>,
+}
+
+impl MessagePage {
+    /// Builds a page from up to `limit + 1` rows read newest first. The extra row only shows that
+    /// an older page exists.
+    pub(crate) fn from_newest_first(mut rows: Vec<StoredMessage>, limit: NonZeroU32) -> Self {
+        let limit = limit.get() as usize;
+        let has_older = rows.len() > limit;
+        rows.truncate(limit);
+        rows.reverse();
+        let next_before = match rows.first() {
+            Some(oldest) if has_older => Some(oldest.id),
+            _ => None,
+        };
+        Self {
+            messages: rows,
+            next_before,
+        }
+    }
+
+    /// Returns the lowest and highest message id on the page, or `None` for an empty page.
+    pub(crate) fn id_range(&self) -> Option<(i64, i64)> {
+        let oldest = self.messages.first()?;
+        let newest = self.messages.last()?;
+        Some((oldest.id, newest.id))
+    }
+}
+
 /// Durable conversation history.
 #[async_trait]
 pub trait HistoryStore: Send + Sync + 'static {
@@ -137,11 +191,13 @@ pub trait HistoryStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<StoredMessage>, StoreError>;
 
-    /// Returns all messages of a session, oldest first, or `None` when the session does not exist.
-    async fn session_messages(
+    /// Returns one page of a session's messages with their tool calls and code-mode records, or
+    /// `None` when the session does not exist. The page and its cursor come from one snapshot.
+    async fn message_page(
         &self,
         session_id: &str,
-    ) -> Result<Option<Vec<StoredMessage>>, StoreError>;
+        request: PageRequest,
+    ) -> Result<Option<MessagePage>, StoreError>;
 
     /// Creates the session if needed and appends the turn's rows atomically: all of them or none.
     async fn save_turn(&self, turn: &NewTurn) -> Result<(), StoreError>;

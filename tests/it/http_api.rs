@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use crate::common::fake_openai::{completion, sse_body};
 use crate::common::{FakeOpenAi, Options, Reply, TestGateway, message};
+use crate::store::all_messages;
 
 #[tokio::test]
 async fn health_answers_ok() {
@@ -681,13 +682,7 @@ async fn shutdown_lets_in_flight_turn_finish() {
         .send()
         .await;
     assert!(refused.is_err(), "listener closed after shutdown");
-    let stored = gateway
-        .state
-        .store
-        .session_messages("s1")
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = all_messages(&*gateway.state.store, "s1").await.unwrap();
     assert_eq!(stored.len(), 2);
 }
 
@@ -802,4 +797,203 @@ async fn invalid_percent_encoding_in_path_is_json_400() {
     assert_eq!(response.status(), 400);
     let json: Value = response.json().await.unwrap();
     assert_eq!(json["error"]["field"], "session_id", "{json}");
+}
+
+/// Saves `turns` turns `t0`, `t1`, … on `session` straight into the gateway's store, each with
+/// messages `q{n}` and `a{n}` and one tool call named `lookup_{n}`.
+async fn seed_history(gateway: &TestGateway, session: &str, turns: usize) {
+    for t in 0..turns {
+        let mut turn = crate::store::turn(
+            session,
+            &format!("t{t}"),
+            &format!("q{t}"),
+            &format!("a{t}"),
+            None,
+        );
+        turn.tool_calls = vec![xiaomaolv::agent::ToolCallRecord {
+            name: format!("lookup_{t}"),
+            server: Some("search".to_owned()),
+            tool: Some("lookup".to_owned()),
+            arguments: json!({ "turn": t }),
+            status: xiaomaolv::agent::ToolCallStatus::Ok,
+            error: None,
+            duration_ms: 4,
+            truncated: false,
+            origin: xiaomaolv::agent::ToolCallOrigin::ToolLoop,
+        }];
+        gateway.state.store.save_turn(&turn).await.unwrap();
+    }
+}
+
+/// Gets `/v1/sessions/{session}/messages?{query}` and returns the status and the JSON body.
+async fn get_history(gateway: &TestGateway, session: &str, query: &str) -> (u16, Value) {
+    let url = gateway.url(&format!("/v1/sessions/{session}/messages?{query}"));
+    let response = gateway.client.get(url).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+fn contents(messages: &Value) -> Vec<&str> {
+    messages
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn history_pages_cover_session_once() {
+    let fake = FakeOpenAi::start().await;
+    let gateway = TestGateway::start(&fake.base_url()).await;
+    seed_history(&gateway, "long", 25).await;
+
+    let mut pages = Vec::new();
+    let mut query = "limit=7".to_owned();
+    loop {
+        let (status, body) = get_history(&gateway, "long", &query).await;
+        assert_eq!(status, 200, "{query}: {body}");
+        assert_eq!(body["session_id"], "long");
+        let next_before = body["next_before"].clone();
+        pages.push(body);
+        if next_before.is_null() {
+            break;
+        }
+        query = format!("limit=7&before={next_before}");
+        assert!(pages.len() < 20, "paging does not end");
+    }
+
+    let sizes: Vec<usize> = pages
+        .iter()
+        .map(|page| page["messages"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(sizes, [7, 7, 7, 7, 7, 7, 7, 1]);
+    for page in &pages[..7] {
+        assert_eq!(page["next_before"], page["messages"][0]["id"]);
+    }
+    let last = pages.last().unwrap();
+    assert!(
+        last.as_object().unwrap().contains_key("next_before"),
+        "next_before is present as null on the last page: {last}"
+    );
+    let read: Vec<&str> = pages
+        .iter()
+        .rev()
+        .flat_map(|page| contents(&page["messages"]))
+        .collect();
+    let expected: Vec<String> = (0..25)
+        .flat_map(|t| [format!("q{t}"), format!("a{t}")])
+        .collect();
+    assert_eq!(read, expected);
+}
+
+#[tokio::test]
+async fn history_without_parameters_returns_newest_100() {
+    let fake = FakeOpenAi::start().await;
+    let gateway = TestGateway::start(&fake.base_url()).await;
+    seed_history(&gateway, "long", 60).await;
+
+    let (status, first) = get_history(&gateway, "long", "").await;
+    assert_eq!(status, 200, "{first}");
+    let messages = first["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 100);
+    assert_eq!(messages[0]["content"], "q10");
+    assert_eq!(messages[99]["content"], "a59");
+    assert_eq!(first["next_before"], messages[0]["id"]);
+
+    let before = &first["next_before"];
+    let (status, second) = get_history(&gateway, "long", &format!("before={before}")).await;
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(second["messages"].as_array().unwrap().len(), 20);
+    assert_eq!(second["messages"][0]["content"], "q0");
+    assert_eq!(second["next_before"], Value::Null);
+}
+
+#[tokio::test]
+async fn history_tool_calls_stay_with_turn_across_pages() {
+    let fake = FakeOpenAi::start().await;
+    let gateway = TestGateway::start(&fake.base_url()).await;
+    seed_history(&gateway, "tools", 3).await;
+
+    // Pages of 3 messages split turn t1: q1 is on the older page and a1 on the newer one.
+    let (_, newer) = get_history(&gateway, "tools", "limit=3").await;
+    assert_eq!(contents(&newer["messages"]), ["a1", "q2", "a2"]);
+    let before = &newer["next_before"];
+    let (_, older) = get_history(&gateway, "tools", &format!("limit=3&before={before}")).await;
+    assert_eq!(contents(&older["messages"]), ["q0", "a0", "q1"]);
+
+    let tool_names = |message: &Value| -> Vec<String> {
+        message["tool_calls"]
+            .as_array()
+            .map(|calls| {
+                calls
+                    .iter()
+                    .map(|call| call["name"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(tool_names(&newer["messages"][0]), ["lookup_1"], "a1");
+    assert_eq!(
+        tool_names(&newer["messages"][1]),
+        Vec::<String>::new(),
+        "q2"
+    );
+    assert_eq!(tool_names(&newer["messages"][2]), ["lookup_2"], "a2");
+    assert_eq!(
+        tool_names(&older["messages"][0]),
+        Vec::<String>::new(),
+        "q0"
+    );
+    assert_eq!(tool_names(&older["messages"][1]), ["lookup_0"], "a0");
+    assert_eq!(
+        tool_names(&older["messages"][2]),
+        Vec::<String>::new(),
+        "q1"
+    );
+    assert_eq!(
+        newer["messages"][0]["tool_calls"][0]["arguments"],
+        json!({ "turn": 1 })
+    );
+}
+
+#[tokio::test]
+async fn history_bad_query_is_400() {
+    let fake = FakeOpenAi::start().await;
+    let gateway = TestGateway::start(&fake.base_url()).await;
+    seed_history(&gateway, "s1", 1).await;
+    // The query, the field, and what the message must contain.
+    let cases: [(&str, &str, &[&str]); 7] = [
+        ("limit=0", "limit", &["`limit`", "\"0\"", "from 1 to 1000"]),
+        (
+            "limit=5000",
+            "limit",
+            &["`limit`", "\"5000\"", "from 1 to 1000"],
+        ),
+        (
+            "limit=abc",
+            "limit",
+            &["`limit`", "\"abc\"", "from 1 to 1000"],
+        ),
+        (
+            "before=-1",
+            "before",
+            &["`before`", "\"-1\"", "from 1 to 9223372036854775807"],
+        ),
+        ("page=2", "page", &["\"page\"", "`limit`", "`before`"]),
+        ("limit=5&limit=6", "limit", &["`limit`", "more than once"]),
+        ("limit=5&offset=10", "offset", &["\"offset\"", "`limit`"]),
+    ];
+    for (query, field, expected) in cases {
+        for session in ["s1", "missing"] {
+            let (status, body) = get_history(&gateway, session, query).await;
+            assert_eq!(status, 400, "{session}?{query}: {body}");
+            assert_eq!(body["error"]["type"], "invalid_request", "{query}");
+            assert_eq!(body["error"]["field"], field, "{query}");
+            let message = body["error"]["message"].as_str().unwrap();
+            for part in expected {
+                assert!(message.contains(part), "{query}: {message}");
+            }
+        }
+    }
 }

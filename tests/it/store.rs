@@ -2,12 +2,15 @@
 //! turns, ordering, limits, unknown usage, concurrency, and turns saved at the same moment.
 //! Each PostgreSQL test gets its own database in the test cluster (`common::postgres`).
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use xiaomaolv::agent::{ToolCallOrigin, ToolCallRecord, ToolCallStatus};
 use xiaomaolv::config::StoreConfig;
 use xiaomaolv::provider::wire::{Role, Usage};
-use xiaomaolv::store::{self, HistoryStore, NewMessage, NewTurn, SqliteStore};
+use xiaomaolv::store::{
+    self, HistoryStore, MessagePage, NewMessage, NewTurn, PageRequest, SqliteStore, StoredMessage,
+};
 
 use crate::common::postgres::{self as pg, fresh_database};
 
@@ -92,6 +95,50 @@ macro_rules! on_both_backends {
     };
 }
 
+/// Returns a request for the newest `limit` messages with an id below `before`.
+pub(crate) fn page_request(limit: u32, before: Option<i64>) -> PageRequest {
+    PageRequest {
+        limit: NonZeroU32::new(limit).expect("a page limit of at least 1"),
+        before,
+    }
+}
+
+/// Reads a whole session as one page of up to 1000 messages, or `None` for an unknown session.
+pub(crate) async fn all_messages<S>(store: &S, session_id: &str) -> Option<Vec<StoredMessage>>
+where
+    S: HistoryStore + ?Sized,
+{
+    let page = store
+        .message_page(session_id, page_request(1000, None))
+        .await
+        .unwrap()?;
+    assert_eq!(page.next_before, None, "session {session_id} fits one page");
+    Some(page.messages)
+}
+
+/// Reads a session page by page from the newest, and returns the pages in the order read.
+async fn read_all_pages(
+    store: &dyn HistoryStore,
+    session_id: &str,
+    limit: u32,
+) -> Vec<MessagePage> {
+    let mut pages = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store
+            .message_page(session_id, page_request(limit, before))
+            .await
+            .unwrap()
+            .expect("the session exists");
+        before = page.next_before;
+        pages.push(page);
+        if before.is_none() {
+            return pages;
+        }
+        assert!(pages.len() <= 1000, "paging does not end");
+    }
+}
+
 on_both_backends!(
     saved_turn_reads_back_in_order,
     recent_messages_returns_newest_oldest_first,
@@ -103,6 +150,11 @@ on_both_backends!(
     failing_turn_loses_no_other_turn,
     tool_calls_and_code_mode_record_read_back,
     reads_never_see_half_a_turn,
+    pages_return_every_message_once,
+    full_last_page_has_no_cursor,
+    records_stay_with_turn_across_pages,
+    new_turns_do_not_shift_older_pages,
+    unknown_session_has_no_page,
 );
 
 pub(crate) fn turn(
@@ -150,7 +202,7 @@ async fn saved_turn_reads_back_in_order(backend: Backend) {
         .await
         .unwrap();
 
-    let messages = store.session_messages("s1").await.unwrap().unwrap();
+    let messages = all_messages(&*store, "s1").await.unwrap();
     let contents: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
     assert_eq!(contents, ["hello", "hi!", "again", "sure"]);
     assert_eq!(messages[0].role, Role::User);
@@ -181,7 +233,7 @@ async fn recent_messages_returns_newest_oldest_first(backend: Backend) {
 
 async fn unknown_session_is_none_and_empty(backend: Backend) {
     let store = backend.open().await;
-    assert!(store.session_messages("missing").await.unwrap().is_none());
+    assert!(all_messages(&*store, "missing").await.is_none());
     assert!(
         store
             .recent_messages("missing", 10)
@@ -201,7 +253,7 @@ async fn failed_turn_writes_nothing(backend: Backend) {
         .save_turn(&turn("s1", "t1", "hello", "boom", None))
         .await;
     assert!(result.is_err());
-    assert!(store.session_messages("s1").await.unwrap().is_none());
+    assert!(all_messages(&*store, "s1").await.is_none());
     assert!(store.recent_messages("s1", 10).await.unwrap().is_empty());
 }
 
@@ -220,11 +272,7 @@ async fn concurrent_writers_lose_nothing(backend: Backend) {
         writer.unwrap().unwrap();
     }
     for session in 0..5 {
-        let messages = store
-            .session_messages(&format!("s{session}"))
-            .await
-            .unwrap()
-            .unwrap();
+        let messages = all_messages(&*store, &format!("s{session}")).await.unwrap();
         assert_eq!(messages.len(), 20);
         for pair in messages.chunks(2) {
             assert_eq!(pair[0].turn_id, pair[1].turn_id, "turns never interleave");
@@ -242,10 +290,7 @@ async fn data_survives_reopen(backend: Backend) {
             .unwrap();
     }
     let store = backend.open().await;
-    assert_eq!(
-        store.session_messages("s1").await.unwrap().unwrap().len(),
-        2
-    );
+    assert_eq!(all_messages(&*store, "s1").await.unwrap().len(), 2);
 }
 
 #[tokio::test]
@@ -260,10 +305,7 @@ async fn in_memory_store_reads_its_writes() {
         .save_turn(&turn("s1", "t1", "q", "a", None))
         .await
         .unwrap();
-    assert_eq!(
-        store.session_messages("s1").await.unwrap().unwrap().len(),
-        2
-    );
+    assert_eq!(all_messages(&store, "s1").await.unwrap().len(), 2);
     assert_eq!(store.recent_messages("s1", 10).await.unwrap().len(), 2);
 }
 
@@ -286,11 +328,7 @@ async fn concurrent_sessions_keep_turn_order(backend: Backend) {
         session.unwrap();
     }
     for s in 0..40 {
-        let messages = store
-            .session_messages(&format!("s{s}"))
-            .await
-            .unwrap()
-            .unwrap();
+        let messages = all_messages(&*store, &format!("s{s}")).await.unwrap();
         let contents: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
         let expected: Vec<String> = (0..10)
             .flat_map(|t| [format!("q{t}"), format!("a{t}")])
@@ -315,7 +353,7 @@ async fn failing_turn_loses_no_other_turn(backend: Backend) {
 
     for (i, outcome) in outcomes.into_iter().enumerate() {
         let outcome = outcome.unwrap();
-        let stored = store.session_messages(&format!("s{i}")).await.unwrap();
+        let stored = all_messages(&*store, &format!("s{i}")).await;
         if i % 5 == 0 {
             let error = outcome.unwrap_err().to_string();
             assert!(
@@ -355,7 +393,7 @@ async fn tool_calls_and_code_mode_record_read_back(backend: Backend) {
         .await
         .unwrap();
 
-    let messages = store.session_messages("s1").await.unwrap().unwrap();
+    let messages = all_messages(&*store, "s1").await.unwrap();
     assert_eq!(messages.len(), 4);
     assert_eq!(messages[1].tool_calls, first.tool_calls);
     assert_eq!(messages[1].code_mode, first.code_mode);
@@ -395,4 +433,180 @@ async fn reads_never_see_half_a_turn(backend: Backend) {
     }
     writer.await.unwrap();
     assert_eq!(store.recent_messages("s1", 1000).await.unwrap().len(), 200);
+}
+
+/// Saves `turns` turns `t0`, `t1`, … on session `s1`, with messages `q0`, `a0`, `q1`, `a1`, ….
+async fn save_turns(store: &dyn HistoryStore, turns: usize) {
+    for t in 0..turns {
+        let turn = turn(
+            "s1",
+            &format!("t{t}"),
+            &format!("q{t}"),
+            &format!("a{t}"),
+            None,
+        );
+        store.save_turn(&turn).await.unwrap();
+    }
+}
+
+fn contents(messages: &[StoredMessage]) -> Vec<&str> {
+    messages.iter().map(|m| m.content.as_str()).collect()
+}
+
+async fn pages_return_every_message_once(backend: Backend) {
+    let store = backend.open().await;
+    save_turns(&*store, 7).await;
+
+    let pages = read_all_pages(&*store, "s1", 4).await;
+    let sizes: Vec<usize> = pages.iter().map(|page| page.messages.len()).collect();
+    assert_eq!(sizes, [4, 4, 4, 2]);
+    for page in &pages[..3] {
+        assert_eq!(
+            page.next_before,
+            Some(page.messages[0].id),
+            "the cursor is the oldest id of the page"
+        );
+    }
+    assert_eq!(pages[3].next_before, None, "the oldest page");
+
+    let read: Vec<StoredMessage> = pages
+        .into_iter()
+        .rev()
+        .flat_map(|page| page.messages)
+        .collect();
+    let expected: Vec<String> = (0..7)
+        .flat_map(|t| [format!("q{t}"), format!("a{t}")])
+        .collect();
+    assert_eq!(contents(&read), expected);
+    assert!(
+        read.windows(2).all(|pair| pair[0].id < pair[1].id),
+        "ids ascend across pages"
+    );
+
+    let oldest = read[0].id;
+    let below_oldest = store
+        .message_page("s1", page_request(4, Some(oldest)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(below_oldest.messages.is_empty());
+    assert_eq!(below_oldest.next_before, None);
+}
+
+async fn full_last_page_has_no_cursor(backend: Backend) {
+    let store = backend.open().await;
+    save_turns(&*store, 4).await;
+
+    let first = store
+        .message_page("s1", page_request(4, None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(contents(&first.messages), ["q2", "a2", "q3", "a3"]);
+    let second = store
+        .message_page("s1", page_request(4, first.next_before))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(contents(&second.messages), ["q0", "a0", "q1", "a1"]);
+    assert_eq!(second.next_before, None, "no empty page follows");
+
+    let whole = store
+        .message_page("s1", page_request(8, None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(whole.messages.len(), 8);
+    assert_eq!(whole.next_before, None);
+}
+
+async fn records_stay_with_turn_across_pages(backend: Backend) {
+    let store = backend.open().await;
+    let call = |turn: usize, seq: usize| ToolCallRecord {
+        name: format!("files__read_{turn}_{seq}"),
+        server: Some("files".to_owned()),
+        tool: Some("read".to_owned()),
+        arguments: serde_json::json!({"turn": turn, "seq": seq}),
+        status: ToolCallStatus::Ok,
+        error: None,
+        duration_ms: 3,
+        truncated: false,
+        origin: ToolCallOrigin::ToolLoop,
+    };
+    let mut saved = Vec::new();
+    for t in 0..5 {
+        let mut new_turn = turn(
+            "s1",
+            &format!("t{t}"),
+            &format!("q{t}"),
+            &format!("a{t}"),
+            None,
+        );
+        new_turn.tool_calls = vec![call(t, 0), call(t, 1)];
+        new_turn.code_mode = Some(serde_json::json!({"turn": t}));
+        store.save_turn(&new_turn).await.unwrap();
+        saved.push(new_turn);
+    }
+
+    // Pages of 3 split turns t3 and t0: the user message lands on the older page and the
+    // assistant message on the newer one.
+    let pages = read_all_pages(&*store, "s1", 3).await;
+    assert_eq!(pages.len(), 4);
+    let mut assistants_seen = 0;
+    for page in &pages {
+        for message in &page.messages {
+            let t: usize = message.turn_id[1..].parse().unwrap();
+            if message.role == Role::Assistant {
+                assistants_seen += 1;
+                assert_eq!(
+                    message.tool_calls, saved[t].tool_calls,
+                    "tool calls of {}",
+                    message.turn_id
+                );
+                assert_eq!(
+                    message.code_mode, saved[t].code_mode,
+                    "code-mode record of {}",
+                    message.turn_id
+                );
+            } else {
+                assert!(message.tool_calls.is_empty(), "user message of t{t}");
+                assert_eq!(message.code_mode, None, "user message of t{t}");
+            }
+        }
+    }
+    assert_eq!(assistants_seen, 5);
+    let newest = &pages[0].messages;
+    assert_eq!(contents(newest), ["a3", "q4", "a4"]);
+    assert_eq!(newest[0].tool_calls, saved[3].tool_calls, "split turn t3");
+}
+
+async fn new_turns_do_not_shift_older_pages(backend: Backend) {
+    let store = backend.open().await;
+    save_turns(&*store, 5).await;
+    let first = store
+        .message_page("s1", page_request(4, None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(contents(&first.messages), ["q3", "a3", "q4", "a4"]);
+
+    let later = turn("s1", "t5", "q5", "a5", None);
+    store.save_turn(&later).await.unwrap();
+    let second = store
+        .message_page("s1", page_request(4, first.next_before))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(contents(&second.messages), ["q1", "a1", "q2", "a2"]);
+    assert!(second.next_before.is_some());
+}
+
+async fn unknown_session_has_no_page(backend: Backend) {
+    let store = backend.open().await;
+    save_turns(&*store, 1).await;
+    let page = store
+        .message_page("missing", page_request(10, Some(100)))
+        .await
+        .unwrap();
+    assert_eq!(page, None);
 }

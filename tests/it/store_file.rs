@@ -7,7 +7,7 @@ use xiaomaolv::config::StoreConfig;
 use xiaomaolv::store::{HistoryStore, SqliteStore, StoreError};
 
 use crate::common::{FakeOpenAi, Options, Reply, TestGateway, message};
-use crate::store::turn;
+use crate::store::{page_request, turn};
 
 async fn open_store(path: &Path) -> SqliteStore {
     let config = StoreConfig {
@@ -47,7 +47,10 @@ async fn deleted_file_fails_ping_reads_and_saves() {
     let second = turn("s1", "t2", "q", "a", None);
     assert_file_moved(store.save_turn(&second).await, "no file is at that path");
     assert_file_moved(store.recent_messages("s1", 10).await, "no file");
-    assert_file_moved(store.session_messages("s1").await, "no file");
+    assert_file_moved(
+        store.message_page("s1", page_request(10, None)).await,
+        "no file",
+    );
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use xiaomaolv::store::{self, HistoryStore, PostgresStore};
 
 use crate::common::postgres::{self as pg, PASSWORD, fresh_database};
 use crate::common::{FakeOpenAi, Options, Reply, TestGateway, binary, message};
-use crate::store::{Backend, turn};
+use crate::store::{Backend, all_messages, turn};
 
 fn config(url: &str) -> StoreConfig {
     StoreConfig {
@@ -52,11 +52,7 @@ async fn replicas_never_interleave_turns() {
         save.unwrap().unwrap();
     }
 
-    let messages = replicas[0]
-        .session_messages("shared")
-        .await
-        .unwrap()
-        .unwrap();
+    let messages = all_messages(&*replicas[0], "shared").await.unwrap();
     assert_eq!(messages.len(), 160);
     for pair in messages.chunks(2) {
         assert_eq!(pair[0].turn_id, pair[1].turn_id, "turns never interleave");
@@ -88,7 +84,7 @@ async fn locked_session_save_waits_then_fails() {
     let locked = store.save_turn(&turn("s1", "t1", "q", "a", None)).await;
     let error = locked.unwrap_err().to_string();
     assert!(error.contains("lock timeout"), "{error}");
-    assert!(store.session_messages("s1").await.unwrap().is_none());
+    assert!(all_messages(&*store, "s1").await.is_none());
     let free = store.save_turn(&turn("s2", "t2", "q", "a", None)).await;
     assert!(free.is_ok(), "another session does not wait: {free:?}");
 
@@ -115,7 +111,7 @@ async fn closed_pool_data_reads_back() {
     assert!(closed.is_err(), "a closed pool serves no reads");
 
     let second = PostgresStore::open(&config(&url)).await.unwrap();
-    let messages = second.session_messages("s1").await.unwrap().unwrap();
+    let messages = all_messages(&second, "s1").await.unwrap();
     assert_eq!(messages.len(), 2);
     assert_eq!(messages[1].content, "a");
 }
@@ -244,7 +240,7 @@ async fn nul_character_turn_stores_nothing() {
         .save_turn(&turn("s1", "t1", "fine", "bad\0reply", None))
         .await;
     assert!(result.is_err());
-    assert!(store.session_messages("s1").await.unwrap().is_none());
+    assert!(all_messages(&*store, "s1").await.is_none());
 }
 
 #[tokio::test]

@@ -17,7 +17,9 @@ use async_trait::async_trait;
 use sqlx::postgres::PgPool;
 
 use super::write_health::WriteHealth;
-use super::{HistoryStore, NewTurn, StoreError, StoredMessage, WriteFailure};
+use super::{
+    HistoryStore, MessagePage, NewTurn, PageRequest, StoreError, StoredMessage, WriteFailure,
+};
 use crate::config::StoreConfig;
 
 /// PostgreSQL history on a connection pool.
@@ -74,11 +76,12 @@ impl HistoryStore for PostgresStore {
         self.name_server(reader::recent_messages(&self.pool, session_id, limit).await)
     }
 
-    async fn session_messages(
+    async fn message_page(
         &self,
         session_id: &str,
-    ) -> Result<Option<Vec<StoredMessage>>, StoreError> {
-        self.name_server(reader::session_messages(&self.pool, session_id).await)
+        request: PageRequest,
+    ) -> Result<Option<MessagePage>, StoreError> {
+        self.name_server(reader::message_page(&self.pool, session_id, request).await)
     }
 
     async fn save_turn(&self, turn: &NewTurn) -> Result<(), StoreError> {

@@ -5,8 +5,8 @@ use sqlx::{PgConnection, Row};
 
 use crate::agent::ToolCallRecord;
 use crate::store::{
-    StoreError, StoredMessage, attach_attempts, attach_tool_calls, origin_from_str, role_from_str,
-    status_from_str, usage_from_columns,
+    MessagePage, PageRequest, StoreError, StoredMessage, attach_attempts, attach_tool_calls,
+    origin_from_str, role_from_str, status_from_str, usage_from_columns,
 };
 
 // `message_from_row` reads these columns by name.
@@ -14,17 +14,25 @@ const RECENT_MESSAGES: &str = "SELECT id, turn_id, role, content, user_id, creat
      provider, model, finish_reason, prompt_tokens, completion_tokens, total_tokens \
      FROM messages WHERE session_id = $1 ORDER BY id DESC LIMIT $2";
 
-const SESSION_MESSAGES: &str = "SELECT id, turn_id, role, content, user_id, created_at_ms, \
+// A page without a cursor is read with `RECENT_MESSAGES`. Both read one row more than the page
+// contains, to show whether an older page exists.
+const OLDER_PAGE: &str = "SELECT id, turn_id, role, content, user_id, created_at_ms, \
      provider, model, finish_reason, prompt_tokens, completion_tokens, total_tokens \
-     FROM messages WHERE session_id = $1 ORDER BY id";
+     FROM messages WHERE session_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3";
 
+// Selects the records of every turn with a message whose id is from $2 to $3, the id range of a
+// page.
 // The JSON columns are read as text, so the crate needs no JSON support from sqlx.
-const SESSION_TOOL_CALLS: &str = "SELECT turn_id, name, server, tool, \
+const PAGE_TOOL_CALLS: &str = "SELECT turn_id, name, server, tool, \
      arguments::text AS arguments, status, error, duration_ms, truncated, origin \
-     FROM tool_calls WHERE session_id = $1 ORDER BY turn_id, seq";
+     FROM tool_calls WHERE session_id = $1 AND turn_id IN \
+     (SELECT turn_id FROM messages WHERE session_id = $1 AND id BETWEEN $2 AND $3) \
+     ORDER BY turn_id, seq";
 
-const SESSION_ATTEMPTS: &str = "SELECT turn_id, record::text AS record \
-     FROM code_mode_attempts WHERE session_id = $1 ORDER BY id";
+const PAGE_ATTEMPTS: &str = "SELECT turn_id, record::text AS record \
+     FROM code_mode_attempts WHERE session_id = $1 AND turn_id IN \
+     (SELECT turn_id FROM messages WHERE session_id = $1 AND id BETWEEN $2 AND $3) \
+     ORDER BY id";
 
 /// Returns the last `limit` messages of a session, oldest first.
 pub(super) async fn recent_messages(
@@ -46,26 +54,28 @@ pub(super) async fn recent_messages(
     Ok(messages)
 }
 
-/// Returns all messages of a session with their tool calls and code-mode records, or `None` for
-/// an unknown session. The queries share one repeatable-read transaction, so they see the same
-/// snapshot even while other replicas commit turns.
-pub(super) async fn session_messages(
+/// Returns a page of a session's messages with their tool calls and code-mode records, or `None`
+/// for an unknown session. The queries share one repeatable-read transaction, so they see the
+/// same snapshot even while other replicas commit turns.
+pub(super) async fn message_page(
     pool: &PgPool,
     session_id: &str,
-) -> Result<Option<Vec<StoredMessage>>, StoreError> {
+    request: PageRequest,
+) -> Result<Option<MessagePage>, StoreError> {
     let mut transaction = pool
         .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .await
         .map_err(StoreError::Postgres)?;
-    let messages = read_session(&mut transaction, session_id).await?;
+    let page = read_page(&mut transaction, session_id, request).await?;
     transaction.commit().await.map_err(StoreError::Postgres)?;
-    Ok(messages)
+    Ok(page)
 }
 
-async fn read_session(
+async fn read_page(
     connection: &mut PgConnection,
     session_id: &str,
-) -> Result<Option<Vec<StoredMessage>>, StoreError> {
+    request: PageRequest,
+) -> Result<Option<MessagePage>, StoreError> {
     let exists = sqlx::query("SELECT 1 FROM sessions WHERE id = $1")
         .bind(session_id)
         .fetch_optional(&mut *connection)
@@ -75,24 +85,35 @@ async fn read_session(
     if !exists {
         return Ok(None);
     }
-    let mut messages = query_session(connection, SESSION_MESSAGES, session_id)
-        .await?
+    let query = match request.before {
+        None => sqlx::query(RECENT_MESSAGES).bind(session_id),
+        Some(before) => sqlx::query(OLDER_PAGE).bind(session_id).bind(before),
+    };
+    let rows = query
+        .bind(request.rows_to_read())
+        .fetch_all(&mut *connection)
+        .await
+        .map_err(StoreError::Postgres)?
         .iter()
         .map(message_from_row)
         .collect::<Result<Vec<_>, _>>()?;
-    let calls = query_session(connection, SESSION_TOOL_CALLS, session_id)
+    let mut page = MessagePage::from_newest_first(rows, request.limit);
+    let Some(ids) = page.id_range() else {
+        return Ok(Some(page));
+    };
+    let calls = query_page(connection, PAGE_TOOL_CALLS, session_id, ids)
         .await?
         .iter()
         .map(tool_call_from_row)
         .collect::<Result<Vec<_>, _>>()?;
-    let attempts = query_session(connection, SESSION_ATTEMPTS, session_id)
+    let attempts = query_page(connection, PAGE_ATTEMPTS, session_id, ids)
         .await?
         .iter()
         .map(attempt_from_row)
         .collect::<Result<Vec<_>, _>>()?;
-    attach_tool_calls(&mut messages, calls);
-    attach_attempts(&mut messages, attempts);
-    Ok(Some(messages))
+    attach_tool_calls(&mut page.messages, calls);
+    attach_attempts(&mut page.messages, attempts);
+    Ok(Some(page))
 }
 
 /// Runs a trivial query.
@@ -104,14 +125,18 @@ pub(super) async fn ping(pool: &PgPool) -> Result<(), StoreError> {
         .map_err(StoreError::Postgres)
 }
 
-/// Runs a query whose only parameter is the session id.
-async fn query_session(
+/// Runs a query on the records of a page, whose parameters are the session id and the lowest
+/// and highest message id of the page.
+async fn query_page(
     connection: &mut PgConnection,
     sql: &'static str,
     session_id: &str,
+    (oldest, newest): (i64, i64),
 ) -> Result<Vec<PgRow>, StoreError> {
     sqlx::query(sql)
         .bind(session_id)
+        .bind(oldest)
+        .bind(newest)
         .fetch_all(connection)
         .await
         .map_err(StoreError::Postgres)

@@ -24,7 +24,9 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::write_health::WriteHealth;
-use super::{HistoryStore, NewTurn, StoreError, StoredMessage, WriteFailure};
+use super::{
+    HistoryStore, MessagePage, NewTurn, PageRequest, StoreError, StoredMessage, WriteFailure,
+};
 use crate::config::StoreConfig;
 use connect::Location;
 use file_identity::FileIdentity;
@@ -159,16 +161,18 @@ impl HistoryStore for SqliteStore {
             .await
     }
 
-    async fn session_messages(
+    async fn message_page(
         &self,
         session_id: &str,
-    ) -> Result<Option<Vec<StoredMessage>>, StoreError> {
+        request: PageRequest,
+    ) -> Result<Option<MessagePage>, StoreError> {
         self.check_file()?;
         let session_id = session_id.to_owned();
-        let query =
-            move |connection: &mut Connection| reader::session_messages(connection, &session_id);
+        let query = move |connection: &mut Connection| {
+            reader::message_page(connection, &session_id, request)
+        };
         match &self.readers {
-            // A whole session can be long, so it is read off the async workers.
+            // A page can contain up to 1000 long messages, so it is read off the async workers.
             Some(readers) => {
                 let readers = Arc::clone(readers);
                 blocking(move || readers.run(query)).await

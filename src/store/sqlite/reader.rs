@@ -11,8 +11,8 @@ use rusqlite::{Connection, Row, params};
 use super::connect::{self, Location};
 use crate::agent::ToolCallRecord;
 use crate::store::{
-    StoreError, StoredMessage, attach_attempts, attach_tool_calls, origin_from_str, role_from_str,
-    status_from_str, usage_from_columns,
+    MessagePage, PageRequest, StoreError, StoredMessage, attach_attempts, attach_tool_calls,
+    origin_from_str, role_from_str, status_from_str, usage_from_columns,
 };
 
 /// A read to run on a connection. It sends its own result back to the caller.
@@ -23,16 +23,24 @@ const RECENT_MESSAGES: &str = "SELECT id, turn_id, role, content, user_id, creat
      provider, model, finish_reason, prompt_tokens, completion_tokens, total_tokens \
      FROM messages WHERE session_id = ?1 ORDER BY id DESC LIMIT ?2";
 
-const SESSION_MESSAGES: &str = "SELECT id, turn_id, role, content, user_id, created_at_ms, \
+// A page without a cursor is read with `RECENT_MESSAGES`. Both read one row more than the page
+// contains, to show whether an older page exists.
+const OLDER_PAGE: &str = "SELECT id, turn_id, role, content, user_id, created_at_ms, \
      provider, model, finish_reason, prompt_tokens, completion_tokens, total_tokens \
-     FROM messages WHERE session_id = ?1 ORDER BY id";
+     FROM messages WHERE session_id = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3";
 
+// Selects the records of every turn with a message whose id is from ?2 to ?3, the id range of a
+// page.
 // `tool_call_from_row` reads these columns by position, in this order.
-const SESSION_TOOL_CALLS: &str = "SELECT turn_id, name, server, tool, arguments, status, error, \
-     duration_ms, truncated, origin FROM tool_calls WHERE session_id = ?1 ORDER BY turn_id, seq";
+const PAGE_TOOL_CALLS: &str = "SELECT turn_id, name, server, tool, arguments, status, error, \
+     duration_ms, truncated, origin FROM tool_calls WHERE session_id = ?1 AND turn_id IN \
+     (SELECT turn_id FROM messages WHERE session_id = ?1 AND id BETWEEN ?2 AND ?3) \
+     ORDER BY turn_id, seq";
 
-const SESSION_ATTEMPTS: &str =
-    "SELECT turn_id, record FROM code_mode_attempts WHERE session_id = ?1 ORDER BY id";
+const PAGE_ATTEMPTS: &str = "SELECT turn_id, record FROM code_mode_attempts \
+     WHERE session_id = ?1 AND turn_id IN \
+     (SELECT turn_id FROM messages WHERE session_id = ?1 AND id BETWEEN ?2 AND ?3) \
+     ORDER BY id";
 
 /// Read-only connections that reads borrow on the calling thread.
 ///
@@ -96,12 +104,13 @@ pub(super) fn recent_messages(
     Ok(messages)
 }
 
-/// Returns all messages of a session with their tool calls and code-mode records, read in one
-/// transaction so they come from the same snapshot, or `None` for an unknown session.
-pub(super) fn session_messages(
+/// Returns a page of a session's messages with their tool calls and code-mode records, read in
+/// one transaction so they come from the same snapshot, or `None` for an unknown session.
+pub(super) fn message_page(
     connection: &mut Connection,
     session_id: &str,
-) -> Result<Option<Vec<StoredMessage>>, StoreError> {
+    request: PageRequest,
+) -> Result<Option<MessagePage>, StoreError> {
     let transaction = connection.transaction()?;
     let exists = transaction
         .prepare_cached("SELECT 1 FROM sessions WHERE id = ?1")?
@@ -109,18 +118,43 @@ pub(super) fn session_messages(
     if !exists {
         return Ok(None);
     }
-    let mut messages = query_session(&transaction, SESSION_MESSAGES, session_id, message_from_row)?;
-    let calls = query_session(
-        &transaction,
-        SESSION_TOOL_CALLS,
-        session_id,
-        tool_call_from_row,
-    )?;
-    let attempts = query_session(&transaction, SESSION_ATTEMPTS, session_id, attempt_from_row)?;
+    let rows = match request.before {
+        None => {
+            let mut statement = transaction.prepare_cached(RECENT_MESSAGES)?;
+            collect(
+                statement.query(params![session_id, request.rows_to_read()])?,
+                message_from_row,
+            )?
+        }
+        Some(before) => {
+            let mut statement = transaction.prepare_cached(OLDER_PAGE)?;
+            collect(
+                statement.query(params![session_id, before, request.rows_to_read()])?,
+                message_from_row,
+            )?
+        }
+    };
+    let mut page = MessagePage::from_newest_first(rows, request.limit);
+    if let Some(ids) = page.id_range() {
+        let calls = query_page(
+            &transaction,
+            PAGE_TOOL_CALLS,
+            session_id,
+            ids,
+            tool_call_from_row,
+        )?;
+        let attempts = query_page(
+            &transaction,
+            PAGE_ATTEMPTS,
+            session_id,
+            ids,
+            attempt_from_row,
+        )?;
+        attach_tool_calls(&mut page.messages, calls);
+        attach_attempts(&mut page.messages, attempts);
+    }
     transaction.commit()?;
-    attach_tool_calls(&mut messages, calls);
-    attach_attempts(&mut messages, attempts);
-    Ok(Some(messages))
+    Ok(Some(page))
 }
 
 /// Runs a trivial query.
@@ -131,15 +165,20 @@ pub(super) fn ping(connection: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Runs a query whose only parameter is the session id.
-fn query_session<T>(
+/// Runs a query on the records of a page, whose parameters are the session id and the lowest
+/// and highest message id of the page.
+fn query_page<T>(
     connection: &Connection,
     sql: &str,
     session_id: &str,
+    (oldest, newest): (i64, i64),
     convert: fn(&Row<'_>) -> Result<T, StoreError>,
 ) -> Result<Vec<T>, StoreError> {
     let mut statement = connection.prepare_cached(sql)?;
-    collect(statement.query(params![session_id])?, convert)
+    collect(
+        statement.query(params![session_id, oldest, newest])?,
+        convert,
+    )
 }
 
 fn collect<T>(
