@@ -42,7 +42,7 @@ pub fn load(args: &ServeArgs) -> Result<ServeConfig, CliError> {
     Ok(ServeConfig { config, file })
 }
 
-/// How the async runtime is built.
+/// Flavor of the async runtime, with its worker count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RuntimePlan {
     /// Everything on the thread that calls `block_on`.

@@ -385,8 +385,8 @@ async fn status_error(response: reqwest::Response, redactor: &Redactor) -> Provi
 }
 
 /// Reads an error body up to [`MAX_ERROR_BODY_BYTES`] and drops the response, which closes the
-/// connection when more was sent. Returns the text and whether it reached the maximum. Bytes that are not
-/// UTF-8 become U+FFFD, and a body that breaks off keeps what arrived.
+/// connection when more was sent. Returns the text and whether it reached the maximum. Bytes
+/// that are not UTF-8 become U+FFFD, and a body that breaks off keeps what arrived.
 async fn read_error_body(response: reqwest::Response) -> (String, bool) {
     let mut body = response.bytes_stream();
     let mut bytes = Vec::new();

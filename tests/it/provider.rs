@@ -1197,20 +1197,25 @@ async fn api_key_across_quote_limit_is_masked() {
     let key = "sk-across-the-cut-8080";
     // 292 characters come before the key, so the 300-character limit falls inside it.
     let message = format!("{}Bearer {key}", "x".repeat(285));
-    let fake = FakeOpenAi::start().await;
-    fake.push(Reply::status(
-        400,
-        &json!({ "error": { "message": message } }).to_string(),
-    ));
-    let mut settings = config(fake.base_url());
-    settings.api_key = Secret::non_empty(key.to_owned());
+    let body = json!({ "error": { "message": message } }).to_string();
 
-    let error = complete(&client_with(&settings)).await.unwrap_err();
+    let (status, text) = error_with_key(key, &body).await;
 
-    let (status, text, _) = expect_status(error);
     assert_eq!(status, 400);
     assert!(!text.contains("sk-"), "{text}");
     assert!(text.ends_with("Bearer ********"), "{text}");
+}
+
+/// Sends one request with `key` as the API key to a fake that returns 400 with `body`, and
+/// returns the status and the message of the error.
+async fn error_with_key(key: &str, body: &str) -> (u16, String) {
+    let fake = FakeOpenAi::start().await;
+    fake.push(Reply::status(400, body));
+    let mut settings = config(fake.base_url());
+    settings.api_key = Secret::non_empty(key.to_owned());
+    let error = complete(&client_with(&settings)).await.unwrap_err();
+    let (status, text, _) = expect_status(error);
+    (status, text)
 }
 
 #[tokio::test]
@@ -1219,14 +1224,9 @@ async fn api_key_across_error_body_limit_is_masked() {
     // Spaces fill the first 65,526 bytes, so the 64 KiB read limit falls after the key's tenth
     // byte. The body is not JSON, so its trimmed text is quoted: the start of the key alone.
     let body = format!("{}{key} and more", " ".repeat(64 * 1024 - 10));
-    let fake = FakeOpenAi::start().await;
-    fake.push(Reply::status(400, &body));
-    let mut settings = config(fake.base_url());
-    settings.api_key = Secret::non_empty(key.to_owned());
 
-    let error = complete(&client_with(&settings)).await.unwrap_err();
+    let (status, text) = error_with_key(key, &body).await;
 
-    let (status, text, _) = expect_status(error);
     assert_eq!(status, 400);
     assert!(!text.contains("sk-"), "{text}");
     assert!(text.contains("(empty body)"), "{text}");

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use xiaomaolv::config::StoreConfig;
 use xiaomaolv::store::{HistoryStore, SqliteStore, StoreError};
 
-use crate::common::{FakeOpenAi, Options, Reply, TestGateway, message};
+use crate::common::{FakeOpenAi, Options, Reply, TestGateway, message, now_ms};
 use crate::store::{page_request, turn};
 
 async fn open_store(path: &Path) -> SqliteStore {
@@ -29,6 +29,15 @@ fn assert_file_moved(result: Result<impl std::fmt::Debug, StoreError>, reason: &
 
 fn database(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("history.db")
+}
+
+/// Starts a gateway whose store is the SQLite file [`database`] in `dir`.
+async fn gateway_on_file(provider: &FakeOpenAi, dir: &tempfile::TempDir) -> TestGateway {
+    let options = Options {
+        store_url: Some(format!("sqlite://{}", database(dir).display())),
+        ..Options::default()
+    };
+    TestGateway::start_with(&provider.base_url(), options).await
 }
 
 #[tokio::test]
@@ -75,24 +84,14 @@ async fn replaced_file_fails_ping_and_saves() {
 async fn deleted_file_makes_health_and_turns_503() {
     let provider = FakeOpenAi::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let options = Options {
-        store_url: Some(format!("sqlite://{}", database(&dir).display())),
-        ..Options::default()
-    };
-    let gateway = TestGateway::start_with(&provider.base_url(), options).await;
+    let gateway = gateway_on_file(&provider, &dir).await;
     provider.push(Reply::text("first"));
     let (status, body) = gateway.send(message("s1", "hello")).await;
     assert_eq!(status, 200, "{body}");
 
     std::fs::remove_file(database(&dir)).unwrap();
 
-    let health = gateway
-        .client
-        .get(gateway.url("/health"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 503);
+    assert_eq!(gateway.health().await.0, 503);
     provider.push(Reply::text("second"));
     let (status, body) = gateway.send(message("s1", "again")).await;
     assert_eq!(status, 503, "{body}");
@@ -139,17 +138,6 @@ impl Drop for Immutable {
     }
 }
 
-async fn health(gateway: &TestGateway) -> (u16, serde_json::Value) {
-    let response = gateway
-        .client
-        .get(gateway.url("/health"))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
-}
-
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
@@ -159,14 +147,10 @@ fn is_root() -> bool {
 async fn unwritable_file_makes_health_503_until_commit() {
     let provider = FakeOpenAi::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let options = Options {
-        store_url: Some(format!("sqlite://{}", database(&dir).display())),
-        ..Options::default()
-    };
-    let gateway = TestGateway::start_with(&provider.base_url(), options).await;
+    let gateway = gateway_on_file(&provider, &dir).await;
     let (status, body) = gateway.send(message("s1", "hello")).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(health(&gateway).await.0, 200);
+    assert_eq!(gateway.health().await.0, 200);
 
     // A commit appends to the write-ahead log, and a checkpoint copies it into the database file.
     let wal = dir.path().join("history.db-wal");
@@ -183,7 +167,7 @@ async fn unwritable_file_makes_health_503_until_commit() {
     assert_eq!(status, 500, "{body}");
     assert_eq!(body["error"]["type"], "store_error", "{body}");
 
-    let (status, body) = health(&gateway).await;
+    let (status, body) = gateway.health().await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["status"], "unavailable", "{body}");
     assert_eq!(body["store"], "write_failed", "{body}");
@@ -209,7 +193,7 @@ async fn unwritable_file_makes_health_503_until_commit() {
 
     let (status, body) = gateway.send(message("s2", "still failing")).await;
     assert_eq!(status, 500, "{body}");
-    let (status, body) = health(&gateway).await;
+    let (status, body) = gateway.health().await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["failed_commits"], 2, "{body}");
     assert_eq!(
@@ -220,16 +204,9 @@ async fn unwritable_file_makes_health_503_until_commit() {
     drop(immutable);
     let (status, body) = gateway.send(message("s1", "recovered")).await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = health(&gateway).await;
+    let (status, body) = gateway.health().await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body, serde_json::json!({ "status": "ok" }));
     let history = gateway.history("s1").await.unwrap();
     assert_eq!(history.len(), 4, "the failed turn left no rows");
-}
-
-fn now_ms() -> i64 {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    i64::try_from(since_epoch.as_millis()).unwrap()
 }

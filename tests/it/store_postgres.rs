@@ -10,7 +10,7 @@ use xiaomaolv::config::StoreConfig;
 use xiaomaolv::store::{self, HistoryStore, PostgresStore};
 
 use crate::common::postgres::{self as pg, PASSWORD, fresh_database};
-use crate::common::{FakeOpenAi, Options, Reply, TestGateway, binary, message};
+use crate::common::{FakeOpenAi, Options, Reply, TestGateway, binary, message, now_ms};
 use crate::store::{Backend, all_messages, turn};
 
 fn config(url: &str) -> StoreConfig {
@@ -359,17 +359,6 @@ async fn run_as_superuser(database: &str, sql: &str) {
         .unwrap_or_else(|err| panic!("`{sql}` failed: {err}"));
 }
 
-async fn health(gateway: &TestGateway) -> (u16, serde_json::Value) {
-    let response = gateway
-        .client
-        .get(gateway.url("/health"))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
-}
-
 #[tokio::test]
 async fn revoked_insert_fails_health_until_granted() {
     let owned = pg::fresh_database_owned_by_role().await;
@@ -381,7 +370,7 @@ async fn revoked_insert_fails_health_until_granted() {
     let gateway = TestGateway::start_with(&fake.base_url(), options).await;
     let (status, body) = gateway.send(message("s1", "hello")).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(health(&gateway).await.0, 200);
+    assert_eq!(gateway.health().await.0, 200);
 
     let revoke = format!("REVOKE INSERT ON messages FROM {}", owned.role);
     run_as_superuser(&owned.database, &revoke).await;
@@ -390,7 +379,7 @@ async fn revoked_insert_fails_health_until_granted() {
     assert_eq!(status, 500, "{body}");
     assert_eq!(body["error"]["type"], "store_error", "{body}");
 
-    let (status, body) = health(&gateway).await;
+    let (status, body) = gateway.health().await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["status"], "unavailable", "{body}");
     assert_eq!(body["store"], "write_failed", "{body}");
@@ -418,7 +407,7 @@ async fn revoked_insert_fails_health_until_granted() {
     run_as_superuser(&owned.database, &grant).await;
     let (status, body) = gateway.send(message("s1", "third")).await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = health(&gateway).await;
+    let (status, body) = gateway.health().await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body, serde_json::json!({ "status": "ok" }));
 }
@@ -437,13 +426,6 @@ async fn rejected_turn_is_not_write_failure() {
     let with_nul = turn("s2", "t2", "q", "a\0b", None);
     store.save_turn(&with_nul).await.unwrap_err();
     assert_eq!(store.write_failure(), None, "one turn held a NUL character");
-}
-
-fn now_ms() -> i64 {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    i64::try_from(since_epoch.as_millis()).unwrap()
 }
 
 /// Waits until the server has ended every session on `database`, because

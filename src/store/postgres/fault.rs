@@ -7,9 +7,9 @@ const CONNECTION_LOST: &str = "check that the PostgreSQL server is running and r
      store.url, and see its log";
 
 /// Returns the store fault behind a failed save, or `None` when the error rejects only the rows of
-/// one turn. Those errors have SQLSTATE class 22 (a data exception, such as a NUL character), 23
-/// (a constraint), 40 (a serialization failure or deadlock) or P0 (raised by a trigger), or are
-/// 55P03, a wait for the session's lock that timed out.
+/// one turn. Such rejections have SQLSTATE class 22 (a data exception, such as a NUL character),
+/// 23 (a constraint), 40 (a serialization failure or deadlock) or P0 (raised by a trigger). The
+/// code 55P03, a wait for the session's lock that timed out, is one too.
 pub(super) fn write_fault(err: &StoreError) -> Option<WriteFault> {
     let (kind, code, check) = match err {
         StoreError::PoolTimedOut { .. } => (

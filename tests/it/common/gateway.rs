@@ -131,6 +131,13 @@ impl TestGateway {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// `GET /health`: the status and the JSON body.
+    pub async fn health(&self) -> (u16, Value) {
+        let response = self.client.get(self.url("/health")).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
     /// The stored history of a session, or `None` on 404.
     pub async fn history(&self, session_id: &str) -> Option<Vec<Value>> {
         let url = self.url(&format!("/v1/sessions/{session_id}/messages"));

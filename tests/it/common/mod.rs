@@ -18,3 +18,11 @@ pub use gateway::{Options, TestGateway, message};
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_xiaomaolv")
 }
+
+/// The wall clock in Unix milliseconds, the unit of the timestamps the gateway returns.
+pub fn now_ms() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(since_epoch.as_millis()).unwrap()
+}
