@@ -24,6 +24,7 @@ mod shutdown;
 mod sse;
 mod store;
 mod store_file;
+mod store_migration;
 mod store_postgres;
 mod subprocess;
 mod tool_loop;

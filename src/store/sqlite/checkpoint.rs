@@ -7,9 +7,10 @@
 //! the 2-vCPU benchmark machine. The write connection therefore has automatic checkpoints off,
 //! and this thread is the only one that checkpoints.
 //!
-//! A finished checkpoint also costs one commit an fsync: the first commit after it starts the log
-//! again from its beginning, and SQLite syncs the log's new header before it writes on. That
-//! stalls the turns behind that commit for 2 to 7 ms on the same machine. So passive checkpoints
+//! A checkpoint that copied the whole log also costs one commit an fsync: the first commit after
+//! it starts the log again from its beginning, and SQLite syncs the log's new header before it
+//! writes on. That stalls the turns behind that commit for 2 to 7 ms on the same machine, so that
+//! commit runs on the writer thread (see `restart_pending`). So passive checkpoints
 //! run at least [`COMMITS_PER_CHECKPOINT`] commits apart, which at low rates keeps the stalled
 //! turns to a few in a thousand. At high rates a passive checkpoint rarely finishes, because
 //! commits go on while it copies, and restart checkpoints at least [`RESTART_INTERVAL`] apart
@@ -30,9 +31,8 @@ pub(super) const COMMITS_PER_CHECKPOINT: u32 = 300;
 /// 11,000 log pages a second on the benchmark machine, the log reaches about 90 MB in this time.
 const RESTART_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Runs a restart checkpoint on the write connection while no turn is being written, and
-/// returns the number of pages in the log.
-pub(super) type Restart = Box<dyn Fn() -> rusqlite::Result<i64> + Send>;
+/// Runs a restart checkpoint on the write connection while no turn is being written.
+pub(super) type Restart = Box<dyn Fn() -> rusqlite::Result<LogState> + Send>;
 
 /// The writer's handle on the checkpointer thread.
 #[derive(Debug)]
@@ -40,8 +40,9 @@ pub(super) struct Checkpointer {
     /// Wakes the thread. One pending nudge is enough, because commits made during a checkpoint
     /// share the next one.
     pub nudges: flume::Sender<()>,
-    /// Set after each checkpoint, because the next commit may start the log again and then waits
-    /// for an fsync. The writer thread clears it after its next commit.
+    /// Set after a checkpoint that copied the whole log, because the next commit may then start
+    /// the log again and wait for an fsync. The writer thread clears it after its next commit.
+    /// After a checkpoint that left pages uncopied, the next commit appends as usual.
     pub restart_pending: Arc<AtomicBool>,
 }
 
@@ -68,12 +69,21 @@ fn run(
 ) {
     let mut last_restart = Instant::now();
     while wakes.recv().is_ok() {
-        match checkpoint(connection, restart, last_restart.elapsed()) {
-            Ok(true) => last_restart = Instant::now(),
-            Ok(false) => {}
-            Err(err) => tracing::warn!(error = %err, "Failed to checkpoint the write-ahead log."),
+        let log_copied = match checkpoint(connection, restart, last_restart.elapsed()) {
+            Ok(done) => {
+                if done.restarted {
+                    last_restart = Instant::now();
+                }
+                done.log.all_copied()
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "Failed to checkpoint the write-ahead log.");
+                true
+            }
+        };
+        if log_copied {
+            restart_pending.store(true, Ordering::Release);
         }
-        restart_pending.store(true, Ordering::Release);
     }
 }
 
@@ -106,22 +116,54 @@ fn checkpoint(
     connection: &Connection,
     restart: &Restart,
     since_restart: Duration,
-) -> rusqlite::Result<bool> {
-    let mut log_pages = run_checkpoint(connection, "PASSIVE")?;
-    let due = log_pages >= RESTART_LOG_PAGES
-        && (since_restart >= RESTART_INTERVAL || log_pages >= MAX_LOG_PAGES);
+) -> rusqlite::Result<Checkpointed> {
+    let mut log = run_checkpoint(connection, "PASSIVE")?;
+    let due = log.pages >= RESTART_LOG_PAGES
+        && (since_restart >= RESTART_INTERVAL || log.pages >= MAX_LOG_PAGES);
     if !due {
-        return Ok(false);
+        return Ok(Checkpointed {
+            log,
+            restarted: false,
+        });
     }
     for _ in 1..MAX_PASSES {
-        let previous = log_pages;
-        log_pages = run_checkpoint(connection, "PASSIVE")?;
+        let previous = log.pages;
+        log = run_checkpoint(connection, "PASSIVE")?;
         // The log only grows between restarts, so the difference is what was committed meanwhile.
-        if log_pages - previous < RESTART_LEFTOVER_PAGES {
+        if log.pages - previous < RESTART_LEFTOVER_PAGES {
             break;
         }
     }
-    restart().map(|_| true)
+    Ok(Checkpointed {
+        log: restart()?,
+        restarted: true,
+    })
+}
+
+/// What one round of checkpoints did.
+#[derive(Debug, Clone, Copy)]
+struct Checkpointed {
+    /// The log after the last checkpoint of the round.
+    log: LogState,
+    /// Whether the round ended with a restart checkpoint.
+    restarted: bool,
+}
+
+/// The write-ahead log as a checkpoint left it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct LogState {
+    /// Pages in the log.
+    pub pages: i64,
+    /// Pages copied into the database, out of `pages`.
+    pub copied: i64,
+}
+
+impl LogState {
+    /// Returns whether every page in the log is in the database, so the next commit may start
+    /// the log again. An empty log also starts with a new header.
+    fn all_copied(self) -> bool {
+        self.copied >= self.pages
+    }
 }
 
 /// Pages committed during the last passive checkpoint below which the restart checkpoint runs.
@@ -130,8 +172,8 @@ const RESTART_LEFTOVER_PAGES: i64 = 256;
 /// Most passive checkpoints before a restart checkpoint, the first one included.
 const MAX_PASSES: u32 = 4;
 
-/// Runs one checkpoint and returns the number of pages in the log.
-pub(super) fn run_checkpoint(connection: &Connection, mode: &str) -> rusqlite::Result<i64> {
+/// Runs one checkpoint and returns the state of the log after it.
+pub(super) fn run_checkpoint(connection: &Connection, mode: &str) -> rusqlite::Result<LogState> {
     let started = Instant::now();
     let (busy, log_pages, copied_pages): (i64, i64, i64) =
         connection.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
@@ -145,7 +187,10 @@ pub(super) fn run_checkpoint(connection: &Connection, mode: &str) -> rusqlite::R
         elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
         "Checkpointed the write-ahead log."
     );
-    Ok(log_pages)
+    Ok(LogState {
+        pages: log_pages,
+        copied: copied_pages,
+    })
 }
 
 #[cfg(test)]
@@ -170,6 +215,30 @@ mod tests {
         connection
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))
             .unwrap()
+    }
+
+    #[test]
+    fn log_pinned_by_reader_is_not_all_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.db");
+        let writer = open(&path);
+        writer.execute_batch("CREATE TABLE t (v INTEGER)").unwrap();
+        let reader = open(&path);
+        reader.execute_batch("BEGIN").unwrap();
+        let _: i64 = reader
+            .query_row("SELECT count(*) FROM t", [], |row| row.get(0))
+            .unwrap();
+        // Committed after the reader's snapshot, so a checkpoint may not copy it yet.
+        writer.execute("INSERT INTO t VALUES (1)", []).unwrap();
+
+        let pinned = run_checkpoint(&open(&path), "PASSIVE").unwrap();
+        assert!(pinned.copied < pinned.pages, "{pinned:?}");
+        assert!(!pinned.all_copied());
+
+        reader.execute_batch("COMMIT").unwrap();
+        let released = run_checkpoint(&open(&path), "PASSIVE").unwrap();
+        assert_eq!(released.copied, released.pages);
+        assert!(released.all_copied());
     }
 
     #[test]
@@ -208,7 +277,11 @@ mod tests {
             Box::new(move || run_checkpoint(&writer.lock().unwrap(), "RESTART"))
         };
 
-        assert!(checkpoint(&open(&path), &restart, RESTART_INTERVAL).unwrap());
+        assert!(
+            checkpoint(&open(&path), &restart, RESTART_INTERVAL)
+                .unwrap()
+                .restarted
+        );
         stop.store(true, Ordering::Relaxed);
         committing.join().unwrap();
 
