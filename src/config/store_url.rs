@@ -1,7 +1,8 @@
 //! Checks of `store.url`: a SQLite URL, or a PostgreSQL URL in the form the store can open.
 //!
 //! A PostgreSQL URL usually carries a password, so no message here repeats the URL or a value
-//! from it, except for the values of `sslmode` and `port`, which are never secret.
+//! from it, except for the values of `sslmode` and `port` and the paths of certificate files,
+//! which are never secret.
 
 use std::net::IpAddr;
 
@@ -10,11 +11,18 @@ use url::Url;
 /// The expected form, shown in every error about a PostgreSQL URL.
 const POSTGRES_FORM: &str = "postgres://USER:PASSWORD@HOST:PORT/DATABASE";
 
-/// The query parameters that sqlx 0.8 reads from a PostgreSQL URL and that work without TLS.
-/// sqlx logs any other parameter with its value, which may be a secret, so the rest are rejected.
+/// The query parameters that sqlx 0.8 reads from a PostgreSQL URL. sqlx logs any other parameter
+/// with its value, which may be a secret, so the rest are rejected.
 const POSTGRES_PARAMETERS: &[&str] = &[
     "sslmode",
     "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
     "statement-cache-capacity",
     "host",
     "hostaddr",
@@ -24,17 +32,6 @@ const POSTGRES_PARAMETERS: &[&str] = &[
     "password",
     "application_name",
     "options",
-];
-
-/// Parameters that only configure TLS.
-const TLS_PARAMETERS: &[&str] = &[
-    "sslrootcert",
-    "ssl-root-cert",
-    "ssl-ca",
-    "sslcert",
-    "ssl-cert",
-    "sslkey",
-    "ssl-key",
 ];
 
 /// Returns why `url` cannot be a store URL, or `None` when it can.
@@ -68,8 +65,11 @@ fn postgres_url_error(url: &str) -> Option<String> {
         ));
     }
     let mut has_host = parsed.host_str().is_some_and(|host| !host.is_empty());
+    let (mut has_cert, mut has_key) = (false, false);
     for (key, value) in parsed.query_pairs() {
         has_host |= key == "host" || key == "hostaddr";
+        has_cert |= key == "sslcert" || key == "ssl-cert";
+        has_key |= key == "sslkey" || key == "ssl-key";
         if let Some(problem) = parameter_error(&key, &value) {
             return Some(problem);
         }
@@ -77,13 +77,16 @@ fn postgres_url_error(url: &str) -> Option<String> {
     if !has_host {
         return Some(format!("it names no host; expected {POSTGRES_FORM}"));
     }
+    if has_cert != has_key {
+        return Some(
+            "a client certificate needs both `sslcert` and `sslkey`; set both or neither"
+                .to_owned(),
+        );
+    }
     None
 }
 
 fn parameter_error(key: &str, value: &str) -> Option<String> {
-    if TLS_PARAMETERS.contains(&key) {
-        return Some(format!("`{key}` configures TLS, {NO_TLS}"));
-    }
     if key.starts_with("options[") && key.ends_with(']') {
         return None;
     }
@@ -95,6 +98,8 @@ fn parameter_error(key: &str, value: &str) -> Option<String> {
     }
     match key {
         "sslmode" | "ssl-mode" => ssl_mode_error(value),
+        "sslrootcert" | "ssl-root-cert" | "ssl-ca" | "sslcert" | "ssl-cert" | "sslkey"
+        | "ssl-key" => certificate_file_error(key, value),
         "port" if value.parse::<u16>().is_err() => {
             Some(format!("port `{value}` is not a number from 0 to 65535"))
         }
@@ -108,17 +113,26 @@ fn parameter_error(key: &str, value: &str) -> Option<String> {
     }
 }
 
-const NO_TLS: &str = "but this build of xiaomaolv connects to PostgreSQL without TLS; use \
-     sslmode=disable or prefer, on a network you trust";
-
 fn ssl_mode_error(value: &str) -> Option<String> {
     match value.to_ascii_lowercase().as_str() {
-        "disable" | "allow" | "prefer" => None,
-        "require" | "verify-ca" | "verify-full" => {
-            Some(format!("sslmode={value} needs TLS, {NO_TLS}"))
-        }
+        "disable" | "allow" | "prefer" | "require" | "verify-ca" | "verify-full" => None,
         _ => Some(format!(
-            "unknown sslmode `{value}`; use disable, allow or prefer"
+            "unknown sslmode `{value}`; use disable, allow, prefer, require, verify-ca or \
+             verify-full"
+        )),
+    }
+}
+
+/// Checks that a certificate or key parameter names a readable file. sqlx also takes an inline
+/// PEM certificate, which is accepted as it is.
+fn certificate_file_error(key: &str, value: &str) -> Option<String> {
+    if value.starts_with("-----BEGIN ") {
+        return None;
+    }
+    match std::fs::File::open(value) {
+        Ok(_) => None,
+        Err(err) => Some(format!(
+            "`{key}` file `{value}` cannot be read ({err}); give the path of a PEM file"
         )),
     }
 }
@@ -137,6 +151,9 @@ mod tests {
             "postgres://app:p%40ss%23word@db/history",
             "postgres:///history?host=/var/run/postgresql",
             "postgres://app@db/history?options[statement_timeout]=5000",
+            "postgres://app@db/history?sslmode=require",
+            "postgres://app@db/history?sslmode=verify-full&sslrootcert=Cargo.toml",
+            "postgres://app@db/history?sslcert=Cargo.toml&sslkey=Cargo.toml",
         ] {
             assert_eq!(store_url_error(url), None, "{url}");
         }
@@ -153,14 +170,21 @@ mod tests {
                 "postgres://app:pw@db/history?passwd=pw",
                 "unknown connection parameter `passwd`",
             ),
-            ("postgres://app:pw@db/history?sslmode=require", "needs TLS"),
             (
                 "postgres://app:pw@db/history?sslmode=sometimes",
-                "unknown sslmode",
+                "unknown sslmode `sometimes`",
             ),
             (
-                "postgres://app:pw@db/history?sslrootcert=/ca.pem",
-                "configures TLS",
+                "postgres://app:pw@db/history?sslrootcert=/no/such/ca.pem",
+                "`sslrootcert` file `/no/such/ca.pem` cannot be read",
+            ),
+            (
+                "postgres://app:pw@db/history?sslcert=/no/such/client.pem",
+                "`sslcert` file",
+            ),
+            (
+                "postgres://app:pw@db/history?sslkey=Cargo.toml",
+                "needs both",
             ),
             ("postgres://app:pw@db/history?port=99999", "port `99999`"),
         ];

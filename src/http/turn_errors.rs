@@ -124,6 +124,7 @@ pub fn store_status(err: &StoreError) -> (StatusCode, &'static str) {
         | StoreError::Migrate(_)
         | StoreError::Unreachable { .. }
         | StoreError::ConnectTimedOut { .. }
+        | StoreError::TlsFailed { .. }
         | StoreError::FileMoved { .. } => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
         StoreError::Postgres(err) if is_connection_lost(err) => {
             (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")

@@ -54,6 +54,13 @@ pub enum StoreError {
          (store.busy_timeout_ms); check store.url and the server"
     )]
     ConnectTimedOut { server: String, timeout_ms: u64 },
+    /// The TLS handshake failed, or the server offers no TLS where `sslmode` needs it.
+    #[error(
+        "cannot connect to PostgreSQL at {server} over TLS: {source}; check `sslmode` and \
+         `sslrootcert` in store.url, and that the URL names the host as the server's certificate \
+         does"
+    )]
+    TlsFailed { server: String, source: sqlx::Error },
     /// No pooled connection became free in time: the server is down or slow, or every connection
     /// is busy.
     #[error(

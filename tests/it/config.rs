@@ -707,8 +707,12 @@ fn bad_postgres_store_url_names_key() {
             "unknown connection parameter `pass`",
         ),
         (
-            "postgres://app:pgpw-93b1@db/history?sslmode=verify-full",
-            "TLS",
+            "postgres://app:pgpw-93b1@db/history?sslmode=verify-fully",
+            "unknown sslmode `verify-fully`",
+        ),
+        (
+            "postgres://app:pgpw-93b1@db/history?sslmode=verify-full&sslrootcert=/no/ca.pem",
+            "`sslrootcert` file `/no/ca.pem` cannot be read",
         ),
     ];
     for (url, expected) in cases {

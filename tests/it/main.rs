@@ -26,6 +26,7 @@ mod store;
 mod store_file;
 mod store_migration;
 mod store_postgres;
+mod store_postgres_tls;
 mod subprocess;
 mod tool_loop;
 mod turn_limit;

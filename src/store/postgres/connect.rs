@@ -75,6 +75,10 @@ pub(super) async fn open(config: &StoreConfig) -> Result<(PgPool, String), Store
 async fn connect(target: &Target, timeout: Duration) -> Result<PgConnection, StoreError> {
     match tokio::time::timeout(timeout, target.options.connect()).await {
         Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(source)) if is_tls_failure(&source) => Err(StoreError::TlsFailed {
+            server: target.server.clone(),
+            source,
+        }),
         Ok(Err(source)) => Err(StoreError::Unreachable {
             server: target.server.clone(),
             source,
@@ -94,6 +98,16 @@ pub(super) fn millis(duration: Duration) -> u64 {
 /// advisory lock while a save of another replica holds it.
 fn lock_timeout(timeout: Duration) -> String {
     format!("{}ms", timeout.as_millis())
+}
+
+/// Returns whether connecting failed in TLS: sqlx reports a server without TLS as
+/// [`sqlx::Error::Tls`], and a rejected certificate as an I/O error from rustls.
+fn is_tls_failure(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Tls(_) => true,
+        sqlx::Error::Io(io) => io.to_string().starts_with("invalid peer certificate"),
+        _ => false,
+    }
 }
 
 #[cfg(test)]

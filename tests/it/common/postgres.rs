@@ -4,16 +4,19 @@
 //! The cluster lives in a temporary directory: `initdb` creates it, and `postgres` serves it on a
 //! free port of 127.0.0.1 with its socket in that directory, so it never meets another server.
 //! PostgreSQL refuses to run as root, so as root both run as the `postgres` user of the Debian
-//! package. The server runs under a small shell script that reads its standard input from this
+//! package. The server accepts TLS with a certificate from a throwaway CA, and plain connections
+//! too. The server runs under a small shell script that reads its standard input from this
 //! process. When this process exits, for any reason, that pipe closes, and the script stops the
 //! server and deletes the directory.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use sqlx::Connection;
 
 /// The superuser the tests connect as.
@@ -37,6 +40,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 const SUPERVISOR: &str = r#"
 "$3/postgres" -D "$1/data" -h 127.0.0.1 -p "$2" -k "$1" \
     -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 \
+    -c ssl=on -c ssl_cert_file="$1/server.crt" -c ssl_key_file="$1/server.key" \
     </dev/null >"$1/postgres.log" 2>&1 &
 pid=$!
 cat >/dev/null
@@ -50,6 +54,10 @@ static DATABASES: AtomicU64 = AtomicU64::new(0);
 
 pub struct Cluster {
     pub port: u16,
+    /// The PEM file of the CA that signed the server's certificate.
+    pub ca_file: PathBuf,
+    /// The PEM file of another CA, which signed nothing this server presents.
+    pub other_ca_file: PathBuf,
     /// The supervisor script. Its standard input stays open as long as this process runs.
     _supervisor: Child,
 }
@@ -158,6 +166,7 @@ impl Cluster {
             .keep();
         let password_file = dir.join("password");
         std::fs::write(&password_file, PASSWORD).unwrap();
+        write_certificates(&dir);
         if is_root() {
             let status = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
@@ -188,9 +197,39 @@ impl Cluster {
         wait_until_ready(&dir.join("postgres.log"));
         Self {
             port,
+            ca_file: dir.join("ca.crt"),
+            other_ca_file: dir.join("other-ca.crt"),
             _supervisor: supervisor,
         }
     }
+}
+
+/// Writes a CA (`ca.crt`), the server's certificate signed by it for the name `localhost` only
+/// (`server.crt`, `server.key`), and a second, unrelated CA (`other-ca.crt`) into `dir`. The
+/// cluster's URLs use 127.0.0.1, which the certificate does not name.
+fn write_certificates(dir: &Path) {
+    let new_ca = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let certificate = params.self_signed(&key).unwrap();
+        (certificate, Issuer::new(params, key))
+    };
+    let (ca, issuer) = new_ca("xiaomaolv test CA");
+    let (other_ca, _) = new_ca("xiaomaolv other test CA");
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    std::fs::write(dir.join("ca.crt"), ca.pem()).unwrap();
+    std::fs::write(dir.join("other-ca.crt"), other_ca.pem()).unwrap();
+    std::fs::write(dir.join("server.crt"), server.pem()).unwrap();
+    let key_file = dir.join("server.key");
+    std::fs::write(&key_file, server_key.serialize_pem()).unwrap();
+    // The server rejects a key file that others can read.
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 fn init_cluster(bin: &Path, dir: &Path, password_file: &Path) {
