@@ -123,16 +123,20 @@ fn ssl_mode_error(value: &str) -> Option<String> {
     }
 }
 
-/// Checks that a certificate or key parameter names a readable file. sqlx also takes an inline
-/// PEM certificate, which is accepted as it is.
-fn certificate_file_error(key: &str, value: &str) -> Option<String> {
-    if value.starts_with("-----BEGIN ") {
-        return None;
-    }
-    match std::fs::File::open(value) {
-        Ok(_) => None,
+/// Checks that a certificate or key parameter names a readable PEM file of the right kind. sqlx
+/// reads every one of these values as a path.
+fn certificate_file_error(key: &str, path: &str) -> Option<String> {
+    let (marker, kind) = match key {
+        "sslkey" | "ssl-key" => ("PRIVATE KEY-----", "private key"),
+        _ => ("-----BEGIN CERTIFICATE-----", "certificate"),
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.contains(marker) => None,
+        Ok(_) => Some(format!(
+            "`{key}` file `{path}` contains no PEM {kind}; give the path of a PEM file with one"
+        )),
         Err(err) => Some(format!(
-            "`{key}` file `{value}` cannot be read ({err}); give the path of a PEM file"
+            "`{key}` file `{path}` cannot be read ({err}); give the path of a PEM file"
         )),
     }
 }
@@ -152,10 +156,54 @@ mod tests {
             "postgres:///history?host=/var/run/postgresql",
             "postgres://app@db/history?options[statement_timeout]=5000",
             "postgres://app@db/history?sslmode=require",
-            "postgres://app@db/history?sslmode=verify-full&sslrootcert=Cargo.toml",
-            "postgres://app@db/history?sslcert=Cargo.toml&sslkey=Cargo.toml",
         ] {
             assert_eq!(store_url_error(url), None, "{url}");
+        }
+    }
+
+    /// Writes `text` to a file in `dir` and returns its path.
+    fn pem_file(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+
+    #[test]
+    fn certificate_files_must_hold_pem() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = pem_file(&dir, "ca.pem", "-----BEGIN CERTIFICATE-----\nMIIB\n");
+        let key = pem_file(&dir, "key.pem", "-----BEGIN PRIVATE KEY-----\nMIIE\n");
+        let empty = pem_file(&dir, "empty.pem", "");
+        let base = "postgres://app@db/history?sslmode=verify-full";
+        let accepted = [
+            format!("{base}&sslrootcert={cert}"),
+            format!("{base}&sslcert={cert}&sslkey={key}"),
+        ];
+        for url in accepted {
+            assert_eq!(store_url_error(&url), None, "{url}");
+        }
+
+        let directory = dir.path().display().to_string();
+        let rejected = [
+            (
+                format!("{base}&sslrootcert={empty}"),
+                "contains no PEM certificate",
+            ),
+            (
+                format!("{base}&sslrootcert={key}"),
+                "contains no PEM certificate",
+            ),
+            (
+                format!("{base}&sslcert={cert}&sslkey={cert}"),
+                "contains no PEM private key",
+            ),
+            (format!("{base}&sslrootcert={directory}"), "cannot be read"),
+            (format!("{base}&sslkey={key}"), "needs both"),
+            (format!("{base}&sslcert={cert}"), "needs both"),
+        ];
+        for (url, expected) in rejected {
+            let message = store_url_error(&url).expect(&url);
+            assert!(message.contains(expected), "{url}: {message}");
         }
     }
 
@@ -183,8 +231,8 @@ mod tests {
                 "`sslcert` file",
             ),
             (
-                "postgres://app:pw@db/history?sslkey=Cargo.toml",
-                "needs both",
+                "postgres://app:pw@db/history?sslkey=/no/such/key.pem",
+                "`sslkey` file",
             ),
             ("postgres://app:pw@db/history?port=99999", "port `99999`"),
         ];

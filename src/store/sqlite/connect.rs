@@ -170,10 +170,25 @@ pub(super) async fn migrate(location: &Location, busy_timeout: Duration) -> Resu
         source,
     };
     let mut connection = options.connect().await.map_err(open_error)?;
-    sqlx::migrate!("./migrations/sqlite")
-        .run(&mut connection)
-        .await?;
+    let migrator = sqlx::migrate!("./migrations/sqlite");
+    let applied = applied_versions(&mut connection).await;
+    for pending in migrator.iter().filter(|m| !applied.contains(&m.version)) {
+        tracing::info!(
+            version = pending.version,
+            migration = %pending.description,
+            "Applying a migration to the SQLite history store."
+        );
+    }
+    migrator.run(&mut connection).await?;
     sqlx::Connection::close(connection)
         .await
         .map_err(open_error)
+}
+
+/// Returns the versions of the migrations applied to the database, none for a new one.
+async fn applied_versions(connection: &mut sqlx::SqliteConnection) -> Vec<i64> {
+    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+        .fetch_all(connection)
+        .await
+        .unwrap_or_default()
 }
