@@ -53,56 +53,83 @@ impl Serialize for Secret {
     }
 }
 
-/// Masks the password and every query value of a URL such as
-/// `postgres://user:pass@host/db?key=value`, leaving the rest readable.
+/// Masks the password, every query value and the fragment of a URL such as
+/// `postgres://user:pass@host/db?key=value`, leaving the rest readable. The value of `sslmode`
+/// stays readable when it is one of libpq's modes, so the log shows which mode is in force.
+///
+/// Everything before the last `@` counts as the user part, so a password that contains an
+/// unencoded `/`, `?` or `#` is still masked. A query item without `=` is masked whole, because it
+/// may be the end of a password cut at a `&`.
 pub fn mask_url_password(url: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let mut masked = mask_userinfo(base);
-    if let Some(query) = query {
-        let (query, fragment) = match query.split_once('#') {
-            Some((query, fragment)) => (query, Some(fragment)),
-            None => (query, None),
-        };
-        let pairs: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((key, _)) => format!("{key}={MASK}"),
-                None => pair.to_owned(),
-            })
-            .collect();
-        masked.push('?');
-        masked.push_str(&pairs.join("&"));
-        if let Some(fragment) = fragment {
-            masked.push('#');
-            masked.push_str(fragment);
+    let (scheme, rest) = match url.find(':') {
+        Some(colon)
+            if url[..colon]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) =>
+        {
+            let after = &url[colon + 1..];
+            let slashes = after.len() - after.trim_start_matches('/').len();
+            url.split_at(colon + 1 + slashes)
         }
+        _ => ("", url),
+    };
+    let mut masked = scheme.to_owned();
+    let rest = match rest.rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            match userinfo.find([':', '/', '?', '#', '&']) {
+                Some(end) => {
+                    masked.push_str(&userinfo[..end]);
+                    masked.push(':');
+                    masked.push_str(MASK);
+                }
+                None => masked.push_str(userinfo),
+            }
+            &rest[at..]
+        }
+        None => rest,
+    };
+    let (base, fragment) = match rest.split_once('#') {
+        Some((base, _)) => (base, Some(MASK)),
+        None => (rest, None),
+    };
+    match base.split_once('?') {
+        Some((path, query)) => {
+            masked.push_str(path);
+            masked.push('?');
+            let pairs: Vec<String> = query.split('&').map(mask_query_pair).collect();
+            masked.push_str(&pairs.join("&"));
+        }
+        None => masked.push_str(base),
+    }
+    if let Some(fragment) = fragment {
+        masked.push('#');
+        masked.push_str(fragment);
     }
     masked
 }
 
-fn mask_userinfo(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_owned();
-    };
-    let userinfo = &authority[..at];
-    let Some(colon) = userinfo.find(':') else {
-        return url.to_owned();
-    };
-    format!(
-        "{}{}:{MASK}{}",
-        &url[..scheme_end + 3],
-        &userinfo[..colon],
-        &rest[at..]
-    )
+/// libpq's values of `sslmode`, which are never secret.
+const SSL_MODES: &[&str] = &[
+    "disable",
+    "allow",
+    "prefer",
+    "require",
+    "verify-ca",
+    "verify-full",
+];
+
+fn mask_query_pair(pair: &str) -> String {
+    match pair.split_once('=') {
+        Some((key @ ("sslmode" | "ssl-mode"), value))
+            if SSL_MODES.contains(&value.to_ascii_lowercase().as_str()) =>
+        {
+            format!("{key}={value}")
+        }
+        Some((key, _)) => format!("{key}={MASK}"),
+        None if pair.is_empty() => String::new(),
+        None => MASK.to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -128,12 +155,12 @@ mod tests {
     #[test]
     fn url_password_is_masked() {
         assert_eq!(
-            mask_url_password("postgres://app:hunter2@db:5432/x?sslmode=disable"),
-            format!("postgres://app:{MASK}@db:5432/x?sslmode={MASK}")
+            mask_url_password("postgres://app:hunter2@db:5432/x?sslmode=disable&port=5"),
+            format!("postgres://app:{MASK}@db:5432/x?sslmode=disable&port={MASK}")
         );
         assert_eq!(
             mask_url_password("http://h/mcp?api_key=abc&v=2#top"),
-            format!("http://h/mcp?api_key={MASK}&v={MASK}#top")
+            format!("http://h/mcp?api_key={MASK}&v={MASK}#{MASK}")
         );
         assert_eq!(
             mask_url_password("sqlite://xiaomaolv.db"),
@@ -143,5 +170,24 @@ mod tests {
             mask_url_password("postgres://app@db/x"),
             "postgres://app@db/x"
         );
+    }
+
+    #[test]
+    fn malformed_url_password_is_masked() {
+        let cases = [
+            "postgres://xm:?hunter2@db/x",
+            "postgress://xm:hun/ter2@db/x",
+            "mysql://xm:hunter2/@h/xm",
+            "postgres:xm:hunter2@db/x",
+            "pg://xm:pw@db/x?x=1#hunter2",
+            "postgres://app:pw@db/x?password=abc&hunter2",
+            "postgres://app:pw@db/x?sslmode=hunter2",
+        ];
+        for url in cases {
+            let masked = mask_url_password(url);
+            assert!(!masked.contains("hunter2"), "{url}: {masked}");
+            assert!(!masked.contains("hun/ter2"), "{url}: {masked}");
+            assert!(masked.contains(MASK), "{url}: {masked}");
+        }
     }
 }

@@ -42,10 +42,36 @@ pub(super) fn store_url_error(url: &str) -> Option<String> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return postgres_url_error(url).map(|problem| format!("invalid PostgreSQL URL: {problem}"));
     }
+    // The URL is not repeated: a password in a malformed URL may not be where masking finds it.
+    let scheme = url
+        .split_once(':')
+        .map(|(scheme, _)| scheme)
+        .filter(|scheme| is_plain_name(scheme));
+    let named = scheme.map_or_else(String::new, |scheme| format!(" (scheme `{scheme}`)"));
     Some(format!(
-        "`{}` is not a supported store URL; use sqlite://PATH, sqlite::memory: or {POSTGRES_FORM}",
-        super::mask_url_password(url)
+        "not a supported store URL{named}; use sqlite://PATH, sqlite::memory: or {POSTGRES_FORM}"
     ))
+}
+
+/// Returns whether `text` looks like a name from a URL's syntax rather than a cut-off piece of a
+/// password: short, lowercase ASCII letters with `_`, `-`, `[`, `]` or `.`. Only such text is
+/// repeated in an error.
+fn is_plain_name(text: &str) -> bool {
+    (1..=40).contains(&text.len())
+        && text
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || "_-[].".contains(c))
+}
+
+/// The name sqlx gives a parameter that it also reads under other spellings.
+fn canonical_parameter(key: &str) -> &str {
+    match key {
+        "ssl-mode" => "sslmode",
+        "ssl-root-cert" | "ssl-ca" => "sslrootcert",
+        "ssl-cert" => "sslcert",
+        "ssl-key" => "sslkey",
+        other => other,
+    }
 }
 
 fn postgres_url_error(url: &str) -> Option<String> {
@@ -65,7 +91,19 @@ fn postgres_url_error(url: &str) -> Option<String> {
         ));
     }
     let mut has_host = parsed.host_str().is_some_and(|host| !host.is_empty());
+    let query = parsed.query().unwrap_or("");
+    if query
+        .split('&')
+        .any(|item| !item.is_empty() && !item.contains('='))
+    {
+        return Some(
+            "a query item has no `=` (not shown, as it may be part of a password); \
+             percent-encode `?`, `&` and `#` in the password"
+                .to_owned(),
+        );
+    }
     let (mut has_cert, mut has_key) = (false, false);
+    let mut seen: Vec<String> = Vec::new();
     for (key, value) in parsed.query_pairs() {
         has_host |= key == "host" || key == "hostaddr";
         has_cert |= key == "sslcert" || key == "ssl-cert";
@@ -73,6 +111,15 @@ fn postgres_url_error(url: &str) -> Option<String> {
         if let Some(problem) = parameter_error(&key, &value) {
             return Some(problem);
         }
+        // sqlx applies parameters in order, so a second `sslmode=disable` would silently undo
+        // an earlier `sslmode=verify-full`.
+        let name = canonical_parameter(&key).to_owned();
+        if seen.contains(&name) {
+            return Some(format!(
+                "connection parameter `{name}` is given more than once; give it once"
+            ));
+        }
+        seen.push(name);
     }
     if !has_host {
         return Some(format!("it names no host; expected {POSTGRES_FORM}"));
@@ -91,8 +138,15 @@ fn parameter_error(key: &str, value: &str) -> Option<String> {
         return None;
     }
     if !POSTGRES_PARAMETERS.contains(&key) {
+        // A `?` or `&` left unencoded in a password makes the rest of it look like a parameter
+        // name, so only a name that cannot be such a piece is repeated.
+        let named = if is_plain_name(key) {
+            format!(" `{key}`")
+        } else {
+            " (not shown; a `?`, `&` or `#` in the password must be percent-encoded)".to_owned()
+        };
         return Some(format!(
-            "unknown connection parameter `{key}`; supported: {}, options[NAME]",
+            "unknown connection parameter{named}; supported: {}, options[NAME]",
             POSTGRES_PARAMETERS.join(", ")
         ));
     }
@@ -126,6 +180,13 @@ fn ssl_mode_error(value: &str) -> Option<String> {
 /// Checks that a certificate or key parameter names a readable PEM file of the right kind. sqlx
 /// reads every one of these values as a path.
 fn certificate_file_error(key: &str, path: &str) -> Option<String> {
+    if path.contains("-----BEGIN") || path.contains('\n') {
+        // PEM text, maybe a private key, which must not be repeated in an error.
+        return Some(format!(
+            "`{key}` is PEM text; give the path of a PEM file instead, because the URL takes \
+             only paths"
+        ));
+    }
     let (marker, kind) = match key {
         "sslkey" | "ssl-key" => ("PRIVATE KEY-----", "private key"),
         _ => ("-----BEGIN CERTIFICATE-----", "certificate"),
@@ -235,6 +296,25 @@ mod tests {
                 "`sslkey` file",
             ),
             ("postgres://app:pw@db/history?port=99999", "port `99999`"),
+            ("postgres://xm:?secret@db/history", "percent-encode"),
+            (
+                "postgres://xm:pw@db/history?password=a&secret",
+                "has no `=`",
+            ),
+            (
+                "postgres://xm:pw@db/history?password=a&Secret=1",
+                "not shown",
+            ),
+            ("postgress://xm:sec/ret@db/history", "scheme `postgress`"),
+            ("postgres:xm:secret@db/history", "not a supported store URL"),
+            (
+                "postgres://app:pw@db/history?sslmode=verify-full&ssl-mode=disable",
+                "`sslmode` is given more than once",
+            ),
+            (
+                "postgres://app:pw@db/history?sslkey=%20-----BEGIN%20PRIVATE%20KEY-----secret",
+                "`sslkey` is PEM text",
+            ),
         ];
         for (url, expected) in cases {
             let message = store_url_error(url).expect(url);
@@ -242,6 +322,7 @@ mod tests {
             assert!(!message.contains("pa/ss"), "{url}: {message}");
             assert!(!message.contains("pa#ss"), "{url}: {message}");
             assert!(!message.contains("secret"), "{url}: {message}");
+            assert!(!message.contains("sec/ret"), "{url}: {message}");
         }
     }
 }
