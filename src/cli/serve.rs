@@ -98,13 +98,15 @@ pub async fn run_loaded(args: ServeArgs, loaded: ServeConfig) -> Result<(), CliE
         "Starting xiaomaolv"
     );
 
-    let state = build_state(&config).await?;
+    // Bound before the store opens, so a port already in use stops the start before a migration
+    // changes the database. Connections wait in the backlog until the gateway serves.
     let listener = TcpListener::bind(config.app.bind)
         .await
         .map_err(|source| CliError::Bind {
             addr: config.app.bind,
             source,
         })?;
+    let state = build_state(&config).await?;
     let addr = listener.local_addr().map_err(CliError::Serve)?;
     warn_if_exposed(&config, addr);
     let runtime = tokio::runtime::Handle::current();

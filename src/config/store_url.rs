@@ -63,7 +63,7 @@ fn is_plain_name(text: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || "_-[].".contains(c))
 }
 
-/// The name sqlx gives a parameter that it also reads under other spellings.
+/// Returns the name sqlx gives a parameter that it also reads under other spellings.
 fn canonical_parameter(key: &str) -> &str {
     match key {
         "ssl-mode" => "sslmode",

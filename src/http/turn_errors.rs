@@ -122,6 +122,7 @@ pub fn store_status(err: &StoreError) -> (StatusCode, &'static str) {
         | StoreError::Connect { .. }
         | StoreError::Spawn(_)
         | StoreError::Migrate(_)
+        | StoreError::MigrateFile { .. }
         | StoreError::Unreachable { .. }
         | StoreError::ConnectTimedOut { .. }
         | StoreError::TlsFailed { .. }

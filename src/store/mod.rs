@@ -38,6 +38,13 @@ pub enum StoreError {
     Spawn(std::io::Error),
     #[error("store migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A migration of a SQLite file failed. `check` says what to look at.
+    #[error("cannot migrate the SQLite store {url}: {source}; {check}")]
+    MigrateFile {
+        url: String,
+        source: sqlx::migrate::MigrateError,
+        check: &'static str,
+    },
     /// Shared, because a failed commit fails every turn of its batch with the same error.
     #[error("store query failed: {0}")]
     Query(#[source] Arc<rusqlite::Error>),

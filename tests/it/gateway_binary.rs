@@ -105,6 +105,34 @@ fn check_config_fails_on_missing_file() {
     assert!(stderr.contains("/nonexistent/xiaomaolv.toml"), "{stderr}");
 }
 
+#[test]
+fn port_in_use_stops_before_store_opens() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_for("http://127.0.0.1:9/v1", "")
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let path = write_config(&dir, &text);
+
+    let output = Command::new(binary())
+        .args(["serve", "--config", &path])
+        .current_dir(dir.path())
+        .env_clear()
+        .output()
+        .unwrap();
+
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("history.db").exists(),
+        "the store was not opened, so no migration ran"
+    );
+}
+
 #[tokio::test]
 async fn serves_on_embedded_defaults() {
     let fake = FakeOpenAi::start().await;

@@ -55,13 +55,16 @@ const EARLIER_ROWS: &str = "
         VALUES ('s1', 't1', '{\"outcome\":\"ok\"}');
 ";
 
-async fn open_store(path: &Path) -> SqliteStore {
-    let config = StoreConfig {
+fn config(path: &Path) -> StoreConfig {
+    StoreConfig {
         url: format!("sqlite://{}", path.display()),
         max_connections: 2,
         busy_timeout_ms: 5000,
-    };
-    SqliteStore::open(&config).await.unwrap()
+    }
+}
+
+async fn open_store(path: &Path) -> SqliteStore {
+    SqliteStore::open(&config(path)).await.unwrap()
 }
 
 async fn schema_of(connection: &mut SqliteConnection, table: &str) -> String {
@@ -159,4 +162,47 @@ async fn earlier_database_keeps_rows_ids_and_links() {
         unknown_status.to_string().contains("CHECK"),
         "{unknown_status}"
     );
+}
+
+#[tokio::test]
+async fn failed_migration_names_file_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("history.db");
+    let mut earlier = create_earlier_database(&path).await;
+    earlier.execute(EARLIER_ROWS).await.unwrap();
+    // A view added by hand names `messages`, which the rebuild drops and renames.
+    earlier
+        .execute("CREATE VIEW daily_usage AS SELECT session_id, count(*) FROM messages GROUP BY 1")
+        .await
+        .unwrap();
+    earlier.close().await.unwrap();
+
+    let error = SqliteStore::open(&config(&path)).await.err().unwrap();
+    let message = error.to_string();
+
+    assert!(
+        message.contains("cannot migrate the SQLite store"),
+        "{message}"
+    );
+    assert!(message.contains(&path.display().to_string()), "{message}");
+    assert!(message.contains("daily_usage"), "{message}");
+    assert!(message.contains("added by hand"), "{message}");
+    let url = format!("sqlite://{}", path.display());
+    let mut check = SqliteConnection::connect(&url).await.unwrap();
+    let latest: i64 = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
+        .fetch_one(&mut check)
+        .await
+        .unwrap();
+    assert_eq!(
+        latest,
+        COMPACT_ROWS - 1,
+        "the failed migration left no record"
+    );
+    let messages: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
+        .fetch_one(&mut check)
+        .await
+        .unwrap();
+    assert_eq!(messages, 4, "the old tables are intact");
+    let schema = schema_of(&mut check, "messages").await;
+    assert!(schema.contains("AUTOINCREMENT"), "{schema}");
 }

@@ -6,10 +6,13 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sqlx::Connection as _;
+
 use xiaomaolv::config::StoreConfig;
 use xiaomaolv::store::{self, HistoryStore, PostgresStore};
 
 use crate::common::postgres::{self as pg, PASSWORD, fresh_database};
+use crate::common::process::GatewayProcess;
 use crate::common::{FakeOpenAi, Options, Reply, TestGateway, binary, message, now_ms};
 use crate::store::{Backend, all_messages, turn};
 
@@ -525,4 +528,45 @@ fn check_config_masks_postgres_password() {
     assert!(stdout.contains(&expected), "{stdout}");
     assert!(!stdout.contains(PASSWORD), "{stdout}");
     assert!(!stderr.contains(PASSWORD), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_waits_for_lock_with_warning() {
+    let url = fresh_database().await;
+    drop(store::open(&config(&url)).await.unwrap());
+    // Another session locks the migration table, as a replica that migrates would.
+    let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE _sqlx_migrations IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, &url);
+    std::fs::write(
+        &path,
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("[store]\n", "[store]\nbusy_timeout_ms = 300\n"),
+    )
+    .unwrap();
+    let mut gateway = tokio::task::spawn_blocking(move || {
+        let mut gateway = GatewayProcess::spawn(dir.path(), &["--config", &path], &[]);
+        let warning = gateway.wait_for_log("Waiting for a lock", Duration::from_secs(20));
+        (gateway, warning, dir)
+    })
+    .await
+    .unwrap();
+    assert!(gateway.1["waited_ms"].as_u64().is_some(), "{}", gateway.1);
+
+    sqlx::raw_sql("COMMIT").execute(&mut other).await.unwrap();
+
+    let gateway = tokio::task::spawn_blocking(move || {
+        gateway.0.wait_until_listening(Duration::from_secs(20));
+        gateway.0
+    })
+    .await
+    .unwrap();
+    let health = reqwest::get(gateway.url("/health")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(!gateway.log.join("\n").contains(PASSWORD));
 }

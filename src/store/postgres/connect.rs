@@ -53,11 +53,7 @@ pub(super) async fn open(config: &StoreConfig) -> Result<(PgPool, String), Store
     let target = Target::parse(&config.url)?;
     let timeout = config.busy_timeout();
     let mut connection = connect(&target, timeout).await?;
-    // sqlx takes an advisory lock around the migrations, so replicas that start together apply
-    // each migration once.
-    sqlx::migrate!("./migrations/postgres")
-        .run(&mut connection)
-        .await?;
+    migrate(&mut connection, &target.server, timeout).await?;
     if let Err(err) = connection.close().await {
         tracing::warn!(error = %err, "Failed to close the PostgreSQL migration connection.");
     }
@@ -87,6 +83,50 @@ async fn connect(target: &Target, timeout: Duration) -> Result<PgConnection, Sto
             server: target.server.clone(),
             timeout_ms: millis(timeout),
         }),
+    }
+}
+
+/// Applies the embedded migrations. sqlx takes an advisory lock around them, so replicas that
+/// start together apply each migration once.
+///
+/// Each wait for a lock, held by another replica that migrates or by any other session, is cut
+/// at `timeout` and then tried again, with a warning each time. Without that a start could hang
+/// with nothing in the log. A migration cut that way rolls back, so it is safe to try again.
+async fn migrate(
+    connection: &mut PgConnection,
+    server: &str,
+    timeout: Duration,
+) -> Result<(), StoreError> {
+    sqlx::query(&format!("SET lock_timeout = '{}'", lock_timeout(timeout)))
+        .execute(&mut *connection)
+        .await
+        .map_err(StoreError::Postgres)?;
+    let migrator = sqlx::migrate!("./migrations/postgres");
+    let started = std::time::Instant::now();
+    loop {
+        match migrator.run(&mut *connection).await {
+            Ok(()) => return Ok(()),
+            Err(err) if is_lock_timeout(&err) => tracing::warn!(
+                server,
+                waited_ms = millis(started.elapsed()),
+                "Waiting for a lock before migrating the PostgreSQL store: another replica may \
+                 be migrating it, or another session holds a lock on its tables."
+            ),
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+/// Returns whether a migration failed because a lock wait reached `lock_timeout` (SQLSTATE
+/// 55P03).
+fn is_lock_timeout(err: &sqlx::migrate::MigrateError) -> bool {
+    use sqlx::migrate::MigrateError;
+    match err {
+        MigrateError::Execute(sqlx::Error::Database(db))
+        | MigrateError::ExecuteMigration(sqlx::Error::Database(db), _) => {
+            db.code().as_deref() == Some("55P03")
+        }
+        _ => false,
     }
 }
 

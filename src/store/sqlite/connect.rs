@@ -179,7 +179,14 @@ pub(super) async fn migrate(location: &Location, busy_timeout: Duration) -> Resu
             "Applying a migration to the SQLite history store."
         );
     }
-    migrator.run(&mut connection).await?;
+    migrator
+        .run(&mut connection)
+        .await
+        .map_err(|source| StoreError::MigrateFile {
+            url: location.url().to_owned(),
+            check: migration_check(&source),
+            source,
+        })?;
     sqlx::Connection::close(connection)
         .await
         .map_err(open_error)
@@ -191,4 +198,37 @@ async fn applied_versions(connection: &mut sqlx::SqliteConnection) -> Vec<i64> {
         .fetch_all(connection)
         .await
         .unwrap_or_default()
+}
+
+/// Returns what to check after a failed migration, from SQLite's primary result code.
+fn migration_check(err: &sqlx::migrate::MigrateError) -> &'static str {
+    use sqlx::migrate::MigrateError;
+    let database = match err {
+        MigrateError::Execute(sqlx::Error::Database(db))
+        | MigrateError::ExecuteMigration(sqlx::Error::Database(db), _) => db,
+        MigrateError::VersionMissing(_) => {
+            return "a newer release has migrated this file, and this release cannot open it; \
+                    run the newer release, or restore the backup taken before the upgrade";
+        }
+        _ => return "see docs/store.md on upgrades",
+    };
+    let primary = database
+        .code()
+        .and_then(|code| code.parse::<i32>().ok())
+        .map(|code| code & 0xff);
+    match primary {
+        Some(13) => {
+            "free disk space: a migration that rebuilds the tables needs about twice the \
+             file's size free"
+        }
+        Some(8 | 14 | 23) => {
+            "make the file, its -wal and -shm files and their directory writable by the \
+             gateway's user"
+        }
+        Some(5 | 6) => "stop the other process that has the file open, then start again",
+        _ => {
+            "the file holds rows or objects this release does not expect, such as a view, \
+             trigger or row added by hand; see docs/store.md on upgrades"
+        }
+    }
 }

@@ -20,6 +20,19 @@ impl GatewayProcess {
     /// Starts `xiaomaolv serve --log-format json` with `args`, in `dir`, with exactly `env` set
     /// (plus PATH), and waits for its "Listening" log line.
     pub fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut process = Self::spawn(dir, args, env);
+        process.wait_until_listening(Duration::from_secs(30));
+        process
+    }
+
+    /// Waits for the "Listening" log line and records the address in it.
+    pub fn wait_until_listening(&mut self, timeout: Duration) {
+        let listening = self.wait_for_log("Listening", timeout);
+        self.addr = listening["addr"].as_str().unwrap().parse().unwrap();
+    }
+
+    /// Starts the binary as [`GatewayProcess::start`] does, without waiting for it to listen.
+    pub fn spawn(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(super::binary());
         command
             .arg("serve")
@@ -46,15 +59,12 @@ impl GatewayProcess {
                 }
             }
         });
-        let mut process = Self {
+        Self {
             child,
             addr: "0.0.0.0:0".parse().unwrap(),
             lines,
             log: Vec::new(),
-        };
-        let listening = process.wait_for_log("Listening", Duration::from_secs(30));
-        process.addr = listening["addr"].as_str().unwrap().parse().unwrap();
-        process
+        }
     }
 
     /// Waits for a JSON log line whose message contains `needle` and returns it.
