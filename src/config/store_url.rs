@@ -5,6 +5,9 @@
 //! which are never secret.
 
 use std::net::IpAddr;
+use std::str::FromStr;
+
+use sqlx::sqlite::SqliteConnectOptions;
 
 use url::Url;
 
@@ -37,7 +40,7 @@ const POSTGRES_PARAMETERS: &[&str] = &[
 /// Returns why `url` cannot be a store URL, or `None` when it can.
 pub(super) fn store_url_error(url: &str) -> Option<String> {
     if url.starts_with("sqlite:") {
-        return None;
+        return sqlite_url_error(url);
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return postgres_url_error(url).map(|problem| format!("invalid PostgreSQL URL: {problem}"));
@@ -51,6 +54,18 @@ pub(super) fn store_url_error(url: &str) -> Option<String> {
     Some(format!(
         "not a supported store URL{named}; use sqlite://PATH, sqlite::memory: or {POSTGRES_FORM}"
     ))
+}
+
+/// Returns why a `sqlite:` URL cannot be opened, with sqlx's rules for its query parameters.
+fn sqlite_url_error(url: &str) -> Option<String> {
+    const FORMS: &str = "use sqlite://PATH, such as sqlite://xiaomaolv.db, or sqlite::memory:";
+    match SqliteConnectOptions::from_str(url) {
+        Err(err) => Some(format!("invalid SQLite URL: {err}; {FORMS}")),
+        Ok(options) if options.get_filename().as_os_str().is_empty() => {
+            Some(format!("the SQLite URL names no file; {FORMS}"))
+        }
+        Ok(_) => None,
+    }
 }
 
 /// Returns whether `text` looks like a name from a URL's syntax rather than a cut-off piece of a
@@ -296,6 +311,9 @@ mod tests {
                 "`sslkey` file",
             ),
             ("postgres://app:pw@db/history?port=99999", "port `99999`"),
+            ("sqlite://", "names no file"),
+            ("sqlite:", "names no file"),
+            ("sqlite://history.db?mode=bogus", "invalid SQLite URL"),
             ("postgres://xm:?secret@db/history", "percent-encode"),
             (
                 "postgres://xm:pw@db/history?password=a&secret",

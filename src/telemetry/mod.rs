@@ -34,10 +34,12 @@ impl Telemetry {
 
 /// Installs the global `tracing` subscriber, honouring `RUST_LOG` (default `info`, with the MCP
 /// client library at `warn`: at `info` it logs each server's whole handshake on one line).
+/// PostgreSQL notices are at `warn` too, which keeps the server's warnings and drops notes such
+/// as `relation "_sqlx_migrations" already exists, skipping` on every start.
 ///
 /// Returns an error when a subscriber is already installed.
 pub fn init_logging(format: LogFormat) -> Result<(), String> {
-    init_logging_at(format, "info,rmcp=warn")
+    init_logging_at(format, "info,rmcp=warn,sqlx::postgres::notice=warn")
 }
 
 /// Like [`init_logging`], with `default_level` when `RUST_LOG` is unset.
