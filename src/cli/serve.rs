@@ -116,14 +116,17 @@ pub async fn run_loaded(args: ServeArgs, loaded: ServeConfig) -> Result<(), CliE
         runtime_workers = runtime.metrics().num_workers(),
         "Listening"
     );
-    http::serve(
+    let store = Arc::clone(&state.store);
+    let served = http::serve(
         listener,
         state,
         shutdown_signal(),
         config.app.shutdown_grace(),
     )
     .await
-    .map_err(CliError::Serve)
+    .map_err(CliError::Serve);
+    store.close().await;
+    served
 }
 
 /// Opens the store and builds the providers and agent that `serve` runs.

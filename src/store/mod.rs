@@ -222,6 +222,10 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// Returns the fault of the most recent commit when it failed and no commit has succeeded
     /// since. It reads what the store recorded and runs no query.
     fn write_failure(&self) -> Option<WriteFailure>;
+
+    /// Closes the store's connections to a database server, so the server sees each one end
+    /// cleanly. A store without such connections has nothing to close.
+    async fn close(&self) {}
 }
 
 /// Opens the store named by `config.url` and applies pending migrations.

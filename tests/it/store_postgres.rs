@@ -101,6 +101,48 @@ async fn locked_session_save_waits_then_fails() {
     assert!(unlocked.is_ok(), "{unlocked:?}");
 }
 
+/// Returns how many server sessions are connected to `database`, not counting this check's own.
+async fn sessions_on(database: &str) -> i64 {
+    let mut admin = pg::cluster().connect("postgres").await;
+    let count = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(database)
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    admin.close().await.unwrap();
+    count
+}
+
+#[tokio::test]
+async fn close_ends_every_server_session() {
+    let url = fresh_database().await;
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    let store = store::open(&config(&url)).await.unwrap();
+    store
+        .save_turn(&turn("s1", "t1", "q", "a", None))
+        .await
+        .unwrap();
+    assert!(
+        sessions_on(&database).await > 0,
+        "the pool keeps a connection"
+    );
+
+    store.close().await;
+
+    // A backend leaves pg_stat_activity shortly after the client's goodbye, not at once. The
+    // store itself stays alive, so without the close its connections would stay.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sessions_on(&database).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the server still lists the store's sessions"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn closed_pool_data_reads_back() {
     let url = fresh_database().await;

@@ -59,11 +59,6 @@ impl PostgresStore {
             other => other,
         }
     }
-
-    /// Closes every pooled connection and waits until they are closed.
-    pub async fn close(&self) {
-        self.pool.close().await;
-    }
 }
 
 #[async_trait]
@@ -103,5 +98,10 @@ impl HistoryStore for PostgresStore {
 
     fn write_failure(&self) -> Option<WriteFailure> {
         self.health.failure()
+    }
+
+    /// Closes every pooled connection and waits until they are closed.
+    async fn close(&self) {
+        self.pool.close().await;
     }
 }
