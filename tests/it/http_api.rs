@@ -284,6 +284,10 @@ async fn bad_input_is_rejected_and_nothing_stored() {
             "user_id",
         ),
         (
+            json!({ "session_id": "s", "user_id": "u", "text": "a\u{0}b" }),
+            "text",
+        ),
+        (
             json!({ "session_id": "s", "user_id": "u", "text": "t", "txt": 1 }),
             "txt",
         ),

@@ -139,6 +139,15 @@ fn validate_text(text: &str, max_bytes: usize) -> Result<(), ApiError> {
             ),
         ));
     }
+    // PostgreSQL's text type cannot hold it, and no chat text needs it, so both stores reject it
+    // here rather than one of them failing the turn after the model answered.
+    if text.contains('\0') {
+        return Err(ApiError::field(
+            "text",
+            "`text` contains the NUL character U+0000, which the history store cannot keep; \
+             remove it",
+        ));
+    }
     Ok(())
 }
 
