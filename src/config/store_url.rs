@@ -68,9 +68,8 @@ fn sqlite_url_error(url: &str) -> Option<String> {
     }
 }
 
-/// Returns whether `text` looks like a name from a URL's syntax rather than a cut-off piece of a
-/// password: short, lowercase ASCII letters with `_`, `-`, `[`, `]` or `.`. Only such text is
-/// repeated in an error.
+/// Returns whether `text` may be repeated in an error: a short name of lowercase ASCII letters,
+/// `_`, `-`, `[`, `]` or `.`. NOTE: a piece of a password made only of these is still repeated.
 fn is_plain_name(text: &str) -> bool {
     (1..=40).contains(&text.len())
         && text

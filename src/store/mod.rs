@@ -38,7 +38,7 @@ pub enum StoreError {
     Spawn(std::io::Error),
     #[error("store migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    /// A migration of a SQLite file failed. `check` says what to look at.
+    /// A migration of a SQLite file failed. `check` names what to look at.
     #[error("cannot migrate the SQLite store {url}: {source}; {check}")]
     MigrateFile {
         url: String,
@@ -223,8 +223,8 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// since. It reads what the store recorded and runs no query.
     fn write_failure(&self) -> Option<WriteFailure>;
 
-    /// Closes the store's connections to a database server, so the server sees each one end
-    /// cleanly. A store without such connections has nothing to close.
+    /// Closes the store's connections to a database server, so each one ends with a goodbye
+    /// rather than a reset. A store without such connections has nothing to close.
     async fn close(&self) {}
 }
 

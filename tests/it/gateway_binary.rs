@@ -107,8 +107,8 @@ fn check_config_fails_on_missing_file() {
 
 #[test]
 fn port_in_use_stops_before_store_opens() {
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = taken.local_addr().unwrap().port();
+    let busy_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy_listener.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
     let text = config_for("http://127.0.0.1:9/v1", "")
         .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));

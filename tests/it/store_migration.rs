@@ -67,6 +67,14 @@ async fn open_store(path: &Path) -> SqliteStore {
     SqliteStore::open(&config(path)).await.unwrap()
 }
 
+/// Runs `query`, which returns one integer.
+async fn number(connection: &mut SqliteConnection, query: &str) -> i64 {
+    sqlx::query_scalar(query)
+        .fetch_one(connection)
+        .await
+        .unwrap()
+}
+
 async fn schema_of(connection: &mut SqliteConnection, table: &str) -> String {
     sqlx::query_scalar("SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?1")
         .bind(table)
@@ -135,33 +143,27 @@ async fn earlier_database_keeps_rows_ids_and_links() {
         .unwrap();
     assert!(broken.is_empty(), "{broken:?}");
     check.execute("PRAGMA foreign_keys = ON").await.unwrap();
-    let orphan = check
-        .execute(
+    let rejected_rows = [
+        (
             "INSERT INTO messages (session_id, turn_id, role, content, user_id, created_at_ms) \
              VALUES ('missing', 't9', 'user', 'x', 'u1', 1)",
-        )
-        .await
-        .expect_err("a message needs its session");
-    assert!(orphan.to_string().contains("FOREIGN KEY"), "{orphan}");
-    let unknown_role = check
-        .execute(
+            "FOREIGN KEY",
+        ),
+        (
             "INSERT INTO messages (session_id, turn_id, role, content, user_id, created_at_ms) \
              VALUES ('s1', 't9', 'robot', 'x', 'u1', 1)",
-        )
-        .await
-        .expect_err("the role check is kept");
-    assert!(unknown_role.to_string().contains("CHECK"), "{unknown_role}");
-    let unknown_status = check
-        .execute(
+            "CHECK",
+        ),
+        (
             "INSERT INTO tool_calls (session_id, turn_id, seq, name, arguments, status, \
              duration_ms, truncated) VALUES ('s1', 't9', 0, 'f', '{}', 'lost', 1, 0)",
-        )
-        .await
-        .expect_err("the status check is kept");
-    assert!(
-        unknown_status.to_string().contains("CHECK"),
-        "{unknown_status}"
-    );
+            "CHECK",
+        ),
+    ];
+    for (insert, constraint) in rejected_rows {
+        let error = check.execute(insert).await.expect_err(insert);
+        assert!(error.to_string().contains(constraint), "{insert}: {error}");
+    }
 }
 
 #[tokio::test]
@@ -189,19 +191,13 @@ async fn failed_migration_names_file_and_keeps_it() {
     assert!(message.contains("added by hand"), "{message}");
     let url = format!("sqlite://{}", path.display());
     let mut check = SqliteConnection::connect(&url).await.unwrap();
-    let latest: i64 = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
-        .fetch_one(&mut check)
-        .await
-        .unwrap();
+    let latest = number(&mut check, "SELECT max(version) FROM _sqlx_migrations").await;
     assert_eq!(
         latest,
         COMPACT_ROWS - 1,
         "the failed migration left no record"
     );
-    let messages: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
-        .fetch_one(&mut check)
-        .await
-        .unwrap();
+    let messages = number(&mut check, "SELECT count(*) FROM messages").await;
     assert_eq!(messages, 4, "the old tables are intact");
     let schema = schema_of(&mut check, "messages").await;
     assert!(schema.contains("AUTOINCREMENT"), "{schema}");

@@ -76,7 +76,7 @@ async fn locked_session_save_waits_then_fails() {
     };
     let store = store::open(&config).await.unwrap();
     // Another replica holds the lock of session s1 while it saves a turn.
-    let mut other = pg::cluster().connect(url.rsplit('/').next().unwrap()).await;
+    let mut other = pg::cluster().connect(pg::database_of(&url)).await;
     sqlx::query("SELECT pg_advisory_lock($1, hashtext($2))")
         .bind(SESSION_LOCK_CLASS)
         .bind("s1")
@@ -101,40 +101,24 @@ async fn locked_session_save_waits_then_fails() {
     assert!(unlocked.is_ok(), "{unlocked:?}");
 }
 
-/// Returns how many server sessions are connected to `database`, not counting this check's own.
-async fn sessions_on(database: &str) -> i64 {
-    let mut admin = pg::cluster().connect("postgres").await;
-    let count = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-    )
-    .bind(database)
-    .fetch_one(&mut admin)
-    .await
-    .unwrap();
-    admin.close().await.unwrap();
-    count
-}
-
 #[tokio::test]
 async fn close_ends_every_server_session() {
     let url = fresh_database().await;
-    let database = url.rsplit('/').next().unwrap().to_owned();
+    let database = pg::database_of(&url).to_owned();
     let store = store::open(&config(&url)).await.unwrap();
     store
         .save_turn(&turn("s1", "t1", "q", "a", None))
         .await
         .unwrap();
-    assert!(
-        sessions_on(&database).await > 0,
-        "the pool keeps a connection"
-    );
+    let sessions = pg::session_encryption(&database).await;
+    assert!(!sessions.is_empty(), "the pool keeps a connection");
 
     store.close().await;
 
     // A backend leaves pg_stat_activity shortly after the client's goodbye, not at once. The
     // store itself stays alive, so without the close its connections would stay.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while sessions_on(&database).await > 0 {
+    while !pg::session_encryption(&database).await.is_empty() {
         assert!(
             Instant::now() < deadline,
             "the server still lists the store's sessions"
@@ -366,7 +350,7 @@ async fn failed_save_is_same_http_error() {
 #[tokio::test]
 async fn lost_database_fails_health_and_turns() {
     let url = fresh_database().await;
-    let database = url.rsplit('/').next().unwrap().to_owned();
+    let database = pg::database_of(&url).to_owned();
     let fake = FakeOpenAi::start().await;
     let options = Options {
         store_url: Some(url),

@@ -1,7 +1,6 @@
 //! PostgreSQL over TLS: each `sslmode` against the test cluster, which presents a certificate
 //! from its own CA. The server reports in `pg_stat_ssl` whether each connection is encrypted.
 
-use sqlx::Connection as _;
 use xiaomaolv::config::StoreConfig;
 use xiaomaolv::store::{self, HistoryStore};
 
@@ -16,24 +15,12 @@ fn config(url: &str) -> StoreConfig {
     }
 }
 
-/// Returns the database name at the end of a test cluster URL.
-fn database_of(url: &str) -> &str {
-    url.rsplit('/').next().unwrap()
-}
-
-/// Returns whether each open connection to `database`, other than this check's own, uses TLS.
-async fn encrypted_connections(database: &str) -> Vec<bool> {
-    let mut admin = pg::cluster().connect("postgres").await;
-    let encrypted = sqlx::query_scalar(
-        "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
-         WHERE a.datname = $1 AND a.pid <> pg_backend_pid()",
-    )
-    .bind(database)
-    .fetch_all(&mut admin)
-    .await
-    .unwrap();
-    admin.close().await.unwrap();
-    encrypted
+/// Checks that the store on `url` keeps at least one connection open and that every one of them
+/// uses TLS when `tls` is true, or none when it is false.
+async fn assert_sessions_use_tls(url: &str, tls: bool) {
+    let encrypted = pg::session_encryption(pg::database_of(url)).await;
+    assert!(!encrypted.is_empty(), "the store keeps a connection open");
+    assert!(encrypted.iter().all(|ssl| *ssl == tls), "{encrypted:?}");
 }
 
 /// Opens a store at `url`, saves a turn and reads it back, and returns the store so that its
@@ -54,9 +41,7 @@ async fn require_mode_encrypts_every_connection() {
     let url = fresh_database().await;
     let _store = store_round_trip(&format!("{url}?sslmode=require")).await;
 
-    let encrypted = encrypted_connections(database_of(&url)).await;
-    assert!(!encrypted.is_empty(), "the store keeps a connection open");
-    assert!(encrypted.iter().all(|ssl| *ssl), "{encrypted:?}");
+    assert_sessions_use_tls(&url, true).await;
 }
 
 #[tokio::test]
@@ -64,9 +49,7 @@ async fn disable_mode_connects_in_plain_text() {
     let url = fresh_database().await;
     let _store = store_round_trip(&format!("{url}?sslmode=disable")).await;
 
-    let encrypted = encrypted_connections(database_of(&url)).await;
-    assert!(!encrypted.is_empty(), "the store keeps a connection open");
-    assert!(encrypted.iter().all(|ssl| !*ssl), "{encrypted:?}");
+    assert_sessions_use_tls(&url, false).await;
 }
 
 #[tokio::test]
@@ -75,9 +58,7 @@ async fn verify_full_accepts_named_server_of_given_ca() {
     let ca = pg::cluster().ca_file.display().to_string();
     let _store = store_round_trip(&format!("{url}?sslmode=verify-full&sslrootcert={ca}")).await;
 
-    let encrypted = encrypted_connections(database_of(&url)).await;
-    assert!(!encrypted.is_empty(), "the store keeps a connection open");
-    assert!(encrypted.iter().all(|ssl| *ssl), "{encrypted:?}");
+    assert_sessions_use_tls(&url, true).await;
 }
 
 #[tokio::test]
@@ -118,9 +99,7 @@ async fn verify_ca_accepts_named_server() {
     let ca = pg::cluster().ca_file.display().to_string();
     let _store = store_round_trip(&format!("{url}?sslmode=verify-ca&sslrootcert={ca}")).await;
 
-    let encrypted = encrypted_connections(database_of(&url)).await;
-    assert!(!encrypted.is_empty(), "the store keeps a connection open");
-    assert!(encrypted.iter().all(|ssl| *ssl), "{encrypted:?}");
+    assert_sessions_use_tls(&url, true).await;
 }
 
 #[tokio::test]

@@ -139,8 +139,8 @@ fn validate_text(text: &str, max_bytes: usize) -> Result<(), ApiError> {
             ),
         ));
     }
-    // PostgreSQL's text type cannot hold it, and no chat text needs it, so both stores reject it
-    // here rather than one of them failing the turn after the model answered.
+    // PostgreSQL's text type cannot store it, and no chat text needs it, so both stores reject it
+    // here rather than one of them failing the turn after the model replied.
     if text.contains('\0') {
         return Err(ApiError::field(
             "text",

@@ -140,7 +140,7 @@ fn checkpoint(
     })
 }
 
-/// What one round of checkpoints did.
+/// The outcome of one round of checkpoints.
 #[derive(Debug, Clone, Copy)]
 struct Checkpointed {
     /// The log after the last checkpoint of the round.

@@ -566,27 +566,20 @@ mod tests {
         );
     }
 
-    /// The pages in the write-ahead log, which a truncating checkpoint empties.
-    fn log_pages(connection: &Connection, mode: &str) -> i64 {
-        connection
-            .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
-                row.get(1)
-            })
-            .unwrap()
-    }
-
     #[tokio::test]
     async fn new_session_turn_writes_three_pages() {
         let dir = tempfile::tempdir().unwrap();
         let (writer, path) = file_writer(&dir);
         writer.save(&turn("s1", "a")).await.unwrap();
         let other = Connection::open(&path).unwrap();
-        assert_eq!(log_pages(&other, "TRUNCATE"), 0, "the log starts empty");
+        let emptied = checkpoint::run_checkpoint(&other, "TRUNCATE").unwrap();
+        assert_eq!(emptied.pages, 0, "the log starts empty");
 
         writer.save(&turn("s2", "b")).await.unwrap();
 
         // One page each for the sessions B-tree, the messages table and the messages index.
-        assert_eq!(log_pages(&other, "PASSIVE"), 3);
+        let written = checkpoint::run_checkpoint(&other, "PASSIVE").unwrap();
+        assert_eq!(written.pages, 3);
     }
 
     #[test]

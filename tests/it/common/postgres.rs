@@ -141,6 +141,27 @@ pub async fn reject_boom(url: &str) {
     .unwrap();
 }
 
+/// Returns the database name at the end of a URL of the test cluster.
+pub fn database_of(url: &str) -> &str {
+    url.rsplit('/').next().unwrap()
+}
+
+/// Returns, for each server session on `database` other than this check's own, whether it uses
+/// TLS.
+pub async fn session_encryption(database: &str) -> Vec<bool> {
+    let mut admin = cluster().connect("postgres").await;
+    let encrypted = sqlx::query_scalar(
+        "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.datname = $1 AND a.pid <> pg_backend_pid()",
+    )
+    .bind(database)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    admin.close().await.unwrap();
+    encrypted
+}
+
 impl Cluster {
     /// Returns the URL of a database of this cluster.
     pub fn url(&self, database: &str) -> String {
