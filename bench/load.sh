@@ -22,6 +22,8 @@
 #   BENCH_FAKE_PORT    loopback port of the fake model (default 18091)
 #   BENCH_WORK_DIR     scratch directory, emptied at start (default /tmp/xiaomaolv-bench)
 #   BENCH_SKIP_BUILD   set to 1 to use the existing target/release/xiaomaolv
+#   BENCH_BINARY       gateway binary to measure instead of target/release/xiaomaolv; implies
+#                      BENCH_SKIP_BUILD=1 (for comparing two builds)
 #   BENCH_WORKER_THREADS  the gateway's app.worker_threads (default 0, picked by the CPU count)
 #
 # Needs nginx (Debian nginx-light), wrk, oha (`cargo install oha --locked`), curl and python3.
@@ -38,7 +40,7 @@ gateway_port=${BENCH_GATEWAY_PORT:-18090}
 fake_port=${BENCH_FAKE_PORT:-18091}
 work_dir=${BENCH_WORK_DIR:-/tmp/xiaomaolv-bench}
 worker_threads=${BENCH_WORKER_THREADS:-0}
-binary=$root/target/release/xiaomaolv
+binary=${BENCH_BINARY:-$root/target/release/xiaomaolv}
 
 gateway_url=http://127.0.0.1:$gateway_port
 fake_url=http://127.0.0.1:$fake_port
@@ -337,7 +339,7 @@ main() {
     check_port_free "$gateway_port" BENCH_GATEWAY_PORT
     check_port_free "$fake_port" BENCH_FAKE_PORT
 
-    if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
+    if [ "${BENCH_SKIP_BUILD:-0}" != 1 ] && [ -z "${BENCH_BINARY:-}" ]; then
         log "building the release binary"
         (cd "$root" && cargo build --release --quiet) || fail "cargo build --release failed"
     fi

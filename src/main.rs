@@ -21,7 +21,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("xiaomaolv: {err}");
+            xiaomaolv::telemetry::report_fatal(&err);
             ExitCode::FAILURE
         }
     }

@@ -37,13 +37,30 @@ const POSTGRES_PARAMETERS: &[&str] = &[
     "options",
 ];
 
+/// The environment variables that sqlx reads for a parameter the URL leaves out, with that
+/// parameter. sqlx drops a value it cannot parse without a word, so a mistyped
+/// `PGSSLMODE=verify_full` would connect with the default `prefer`.
+const POSTGRES_ENVIRONMENT: &[(&str, &str)] = &[
+    ("PGSSLMODE", "sslmode"),
+    ("PGPORT", "port"),
+    ("PGSSLROOTCERT", "sslrootcert"),
+    ("PGSSLCERT", "sslcert"),
+    ("PGSSLKEY", "sslkey"),
+];
+
 /// Returns why `url` cannot be a store URL, or `None` when it can.
 pub(super) fn store_url_error(url: &str) -> Option<String> {
+    store_url_error_with(url, &|name| std::env::var(name).ok())
+}
+
+/// [`store_url_error`] with `environment` in place of the process environment.
+fn store_url_error_with(url: &str, environment: &dyn Fn(&str) -> Option<String>) -> Option<String> {
     if url.starts_with("sqlite:") {
         return sqlite_url_error(url);
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return postgres_url_error(url).map(|problem| format!("invalid PostgreSQL URL: {problem}"));
+        return postgres_url_error(url, environment)
+            .map(|problem| format!("invalid PostgreSQL URL: {problem}"));
     }
     // The URL is not repeated: a password in a malformed URL may not be where masking finds it.
     let scheme = url
@@ -88,7 +105,7 @@ fn canonical_parameter(key: &str) -> &str {
     }
 }
 
-fn postgres_url_error(url: &str) -> Option<String> {
+fn postgres_url_error(url: &str, environment: &dyn Fn(&str) -> Option<String>) -> Option<String> {
     let parsed = match Url::parse(url) {
         Ok(parsed) => parsed,
         Err(err) => {
@@ -134,6 +151,24 @@ fn postgres_url_error(url: &str) -> Option<String> {
             ));
         }
         seen.push(name);
+    }
+    for &(variable, parameter) in POSTGRES_ENVIRONMENT {
+        let in_url = seen.iter().any(|name| name == parameter)
+            || (parameter == "port" && parsed.port().is_some());
+        if in_url {
+            continue;
+        }
+        let Some(value) = environment(variable) else {
+            continue;
+        };
+        has_cert |= parameter == "sslcert";
+        has_key |= parameter == "sslkey";
+        if let Some(problem) = parameter_error(parameter, &value) {
+            return Some(format!(
+                "environment variable {variable}: {problem}; fix or unset {variable}, or set \
+                 `{parameter}` in the URL, which takes precedence"
+            ));
+        }
     }
     if !has_host {
         return Some(format!("it names no host; expected {POSTGRES_FORM}"));
@@ -197,8 +232,7 @@ fn certificate_file_error(key: &str, path: &str) -> Option<String> {
     if path.contains("-----BEGIN") || path.contains('\n') {
         // PEM text, maybe a private key, which must not be repeated in an error.
         return Some(format!(
-            "`{key}` is PEM text; give the path of a PEM file instead, because the URL takes \
-             only paths"
+            "`{key}` is PEM text; give the path of a PEM file instead"
         ));
     }
     let (marker, kind) = match key {
@@ -232,7 +266,7 @@ mod tests {
             "postgres://app@db/history?options[statement_timeout]=5000",
             "postgres://app@db/history?sslmode=require",
         ] {
-            assert_eq!(store_url_error(url), None, "{url}");
+            assert_eq!(store_url_error_with(url, &|_| None), None, "{url}");
         }
     }
 
@@ -255,7 +289,7 @@ mod tests {
             format!("{base}&sslcert={cert}&sslkey={key}"),
         ];
         for url in accepted {
-            assert_eq!(store_url_error(&url), None, "{url}");
+            assert_eq!(store_url_error_with(&url, &|_| None), None, "{url}");
         }
 
         let directory = dir.path().display().to_string();
@@ -277,7 +311,7 @@ mod tests {
             (format!("{base}&sslcert={cert}"), "needs both"),
         ];
         for (url, expected) in rejected {
-            let message = store_url_error(&url).expect(&url);
+            let message = store_url_error_with(&url, &|_| None).expect(&url);
             assert!(message.contains(expected), "{url}: {message}");
         }
     }
@@ -334,12 +368,58 @@ mod tests {
             ),
         ];
         for (url, expected) in cases {
-            let message = store_url_error(url).expect(url);
+            let message = store_url_error_with(url, &|_| None).expect(url);
             assert!(message.contains(expected), "{url}: {message}");
             assert!(!message.contains("pa/ss"), "{url}: {message}");
             assert!(!message.contains("pa#ss"), "{url}: {message}");
             assert!(!message.contains("secret"), "{url}: {message}");
             assert!(!message.contains("sec/ret"), "{url}: {message}");
         }
+    }
+
+    #[test]
+    fn checks_environment_that_the_url_leaves_out() {
+        let url = "postgres://app:pw@db/history";
+        let with = |name: &'static str, value: &'static str| {
+            move |variable: &str| (variable == name).then(|| value.to_owned())
+        };
+        let cases = [
+            (
+                "PGSSLMODE",
+                "verify_full",
+                "environment variable PGSSLMODE: unknown sslmode",
+            ),
+            ("PGPORT", "54x2", "environment variable PGPORT: port `54x2`"),
+            (
+                "PGSSLROOTCERT",
+                "/no/such/ca.pem",
+                "environment variable PGSSLROOTCERT: `sslrootcert` file `/no/such/ca.pem`",
+            ),
+            (
+                "PGSSLKEY",
+                "-----BEGIN PRIVATE KEY-----secret",
+                "environment variable PGSSLKEY: `sslkey` is PEM text",
+            ),
+        ];
+        for (variable, value, expected) in cases {
+            let message = store_url_error_with(url, &with(variable, value)).expect(variable);
+            assert!(message.contains(expected), "{variable}: {message}");
+            assert!(!message.contains("secret"), "{variable}: {message}");
+        }
+        // A parameter in the URL wins over the environment, as in sqlx.
+        let in_url = "postgres://app:pw@db/history?sslmode=require";
+        assert_eq!(
+            store_url_error_with(in_url, &with("PGSSLMODE", "verify_full")),
+            None
+        );
+        assert_eq!(
+            store_url_error_with(url, &with("PGSSLMODE", "verify-full")),
+            None
+        );
+        let with_port = "postgres://app:pw@db:5433/history";
+        assert_eq!(
+            store_url_error_with(with_port, &with("PGPORT", "54x2")),
+            None
+        );
     }
 }

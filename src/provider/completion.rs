@@ -29,12 +29,22 @@ impl TryFrom<ChatCompletion> for Completion {
                 ProviderError::InvalidResponse("the response has no choices".into())
             })?;
         Ok(Self {
-            content: choice.message.content.unwrap_or_default(),
+            content: without_nul(choice.message.content.unwrap_or_default()),
             tool_calls: choice.message.tool_calls,
             finish_reason: normalize_finish_reason(choice.finish_reason),
             usage: response.usage,
             model: response.model,
         })
+    }
+}
+
+/// Replaces each NUL character (U+0000) in the model's text with U+FFFD. PostgreSQL cannot store
+/// U+0000, and the client must get the same reply that the history keeps, on either store.
+fn without_nul(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text
     }
 }
 
@@ -80,6 +90,7 @@ impl CompletionBuilder {
                 self.finish_reason = Some(reason);
             }
         }
+        let text = without_nul(text);
         self.content.push_str(&text);
         (!text.is_empty()).then_some(text)
     }
@@ -150,5 +161,26 @@ impl CompletionBuilder {
             usage: self.usage,
             model: self.model,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_in_model_text_becomes_replacement_character() {
+        let response: ChatCompletion = serde_json::from_str(
+            r#"{"choices":[{"message":{"role":"assistant","content":"a\u0000b"}}]}"#,
+        )
+        .unwrap();
+        let completion = Completion::try_from(response).unwrap();
+        assert_eq!(completion.content, "a\u{FFFD}b");
+
+        let mut builder = CompletionBuilder::default();
+        let chunk: ChatChunk =
+            serde_json::from_str(r#"{"choices":[{"delta":{"content":"\u0000x"}}]}"#).unwrap();
+        assert_eq!(builder.apply(chunk).as_deref(), Some("\u{FFFD}x"));
+        assert_eq!(builder.finish().content, "\u{FFFD}x");
     }
 }

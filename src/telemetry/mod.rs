@@ -9,6 +9,8 @@ pub mod diag;
 pub mod metrics;
 pub mod names;
 
+use std::sync::OnceLock;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -56,5 +58,19 @@ pub fn init_logging_at(format: LogFormat, default_level: &str) -> Result<(), Str
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
-    result.map_err(|err| err.to_string())
+    result.map_err(|err| err.to_string())?;
+    let _ = INSTALLED_FORMAT.set(format);
+    Ok(())
+}
+
+/// The format of the subscriber that [`init_logging_at`] installed, if it installed one.
+static INSTALLED_FORMAT: OnceLock<LogFormat> = OnceLock::new();
+
+/// Reports an error that stops the process. With JSON logs it is one more JSON line, so a log
+/// pipeline that parses every line of stderr keeps working; otherwise it is a plain line.
+pub fn report_fatal(error: &dyn std::fmt::Display) {
+    match INSTALLED_FORMAT.get() {
+        Some(LogFormat::Json) => tracing::error!(error = %error, "xiaomaolv stopped with an error"),
+        _ => eprintln!("xiaomaolv: {error}"),
+    }
 }

@@ -133,6 +133,37 @@ fn port_in_use_stops_before_store_opens() {
     );
 }
 
+#[test]
+fn fatal_error_is_a_json_line_with_json_logs() {
+    let busy_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy_listener.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_for("http://127.0.0.1:9/v1", "")
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let path = write_config(&dir, &text);
+
+    let output = Command::new(binary())
+        .args(["serve", "--log-format", "json", "--config", &path])
+        .current_dir(dir.path())
+        .env_clear()
+        .output()
+        .unwrap();
+
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let lines: Vec<Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    let last = lines.last().expect("at least one log line");
+    assert_eq!(last["level"], "ERROR", "{stderr}");
+    let error = last["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn serves_on_embedded_defaults() {
     let fake = FakeOpenAi::start().await;

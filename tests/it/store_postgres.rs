@@ -318,6 +318,24 @@ async fn gateway_stores_turns_in_postgres() {
     assert_eq!(other.recent_messages("s1", 10).await.unwrap().len(), 4);
 }
 
+#[tokio::test]
+async fn nul_in_model_reply_is_replaced_and_stored() {
+    let url = fresh_database().await;
+    let fake = FakeOpenAi::start().await;
+    fake.push(Reply::text("before\u{0}after"));
+    let options = Options {
+        store_url: Some(url),
+        ..Default::default()
+    };
+    let gateway = TestGateway::start_with(&fake.base_url(), options).await;
+
+    let (status, body) = gateway.send(message("s1", "question")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["reply"], "before\u{FFFD}after");
+    let history = gateway.history("s1").await.unwrap();
+    assert_eq!(history[1]["content"], "before\u{FFFD}after");
+}
+
 /// Runs a turn whose reply the store rejects and returns the response and the stored history.
 async fn failed_save_over_http(backend: &Backend) -> (u16, serde_json::Value, bool) {
     let fake = FakeOpenAi::start().await;

@@ -53,6 +53,22 @@ async fn disable_mode_connects_in_plain_text() {
 }
 
 #[tokio::test]
+async fn unix_socket_ignores_sslmode_as_libpq_does() {
+    let url = fresh_database().await;
+    let cluster = pg::cluster();
+    let socket_url = format!(
+        "postgres://{}:{PASSWORD}@localhost/{}?host={}&port={}&sslmode=require",
+        pg::USER,
+        pg::database_of(&url),
+        cluster.socket_dir.display(),
+        cluster.port
+    );
+    let _store = store_round_trip(&socket_url).await;
+
+    assert_sessions_use_tls(&url, false).await;
+}
+
+#[tokio::test]
 async fn verify_full_accepts_named_server_of_given_ca() {
     let url = fresh_database().await.replace("@127.0.0.1:", "@localhost:");
     let ca = pg::cluster().ca_file.display().to_string();

@@ -3,7 +3,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgSslMode};
 use sqlx::{ConnectOptions, Connection};
 
 use crate::config::{StoreConfig, mask_url_password};
@@ -19,10 +19,15 @@ pub(super) struct Target {
 impl Target {
     /// Parses a `postgres://` or `postgresql://` URL with sqlx's rules, which follow libpq's.
     pub(super) fn parse(url: &str) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(url).map_err(|source| StoreError::Open {
+        let mut options = PgConnectOptions::from_str(url).map_err(|source| StoreError::Open {
             url: mask_url_password(url),
             source,
         })?;
+        // The server never offers TLS on a Unix socket, and libpq ignores `sslmode` there. sqlx
+        // would ask for TLS anyway and fail under `require` and the `verify-*` modes.
+        if options.get_socket().is_some() {
+            options = options.ssl_mode(PgSslMode::Disable);
+        }
         let server = describe(&options);
         Ok(Self { options, server })
     }

@@ -50,8 +50,9 @@ pub(super) async fn save_turn(pool: &PgPool, turn: &NewTurn) -> Result<(), Store
 }
 
 // NOTE: PostgreSQL's `text` and `jsonb` reject the NUL character (U+0000), which SQLite stores.
-// A turn whose message, tool arguments or code-mode record contains one fails to save here and is
-// not stored.
+// The HTTP route refuses it in user text and the provider client replaces it in the model's text,
+// but a turn whose tool arguments or code-mode record contain one still fails to save here and
+// is not stored.
 async fn insert_turn(connection: &mut PgConnection, turn: &NewTurn) -> sqlx::Result<()> {
     sqlx::query(LOCK_SESSION)
         .bind(SESSION_LOCK_CLASS)

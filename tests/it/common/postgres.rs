@@ -54,6 +54,8 @@ static DATABASES: AtomicU64 = AtomicU64::new(0);
 
 pub struct Cluster {
     pub port: u16,
+    /// The directory of the server's Unix socket.
+    pub socket_dir: PathBuf,
     /// The PEM file of the CA that signed the server's certificate.
     pub ca_file: PathBuf,
     /// The PEM file of another CA, which signed nothing this server presents.
@@ -218,6 +220,7 @@ impl Cluster {
         wait_until_ready(&dir.join("postgres.log"));
         Self {
             port,
+            socket_dir: dir.clone(),
             ca_file: dir.join("ca.crt"),
             other_ca_file: dir.join("other-ca.crt"),
             _supervisor: supervisor,
