@@ -194,7 +194,13 @@ pub mod cases {
             "return 'x'.repeat(1 << 28).length;",
             "const a = new Array(1e9).fill(1); return a.length;",
         ] {
-            let run = run(mode, code).await;
+            // The memory limit must stop these, not the deadline, even on a loaded machine
+            // where the engine process starts slowly.
+            let limits = EngineLimits {
+                max_runtime: Duration::from_secs(5),
+                ..limits()
+            };
+            let run = run_with(mode, code, limits).await;
             assert_eq!(run.result, Err(ProgramFailure::OutOfMemory), "{code}");
         }
     }

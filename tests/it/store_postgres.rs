@@ -540,12 +540,16 @@ fn serve_with_down_database_exits_clearly() {
     let stdout = String::from_utf8(output.stdout).unwrap();
 
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    let last = stderr.lines().last().unwrap_or_default();
+    // With JSON logs the error that stops serve is a JSON line too.
+    let last: serde_json::Value =
+        serde_json::from_str(stderr.lines().last().unwrap_or_default()).expect(&stderr);
+    assert_eq!(last["level"], "ERROR", "{stderr}");
+    let error = last["error"].as_str().unwrap_or_default();
     assert!(
-        last.starts_with("xiaomaolv: cannot connect to PostgreSQL at"),
+        error.starts_with("cannot connect to PostgreSQL at"),
         "{stderr}"
     );
-    assert!(last.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+    assert!(error.contains(&format!("127.0.0.1:{port}")), "{stderr}");
     assert!(
         stderr.contains("app:********@"),
         "the start log masks it: {stderr}"
