@@ -67,7 +67,7 @@ pub fn init_logging_at(format: LogFormat, default_level: &str) -> Result<(), Str
 static INSTALLED_FORMAT: OnceLock<LogFormat> = OnceLock::new();
 
 /// Reports an error that stops the process. With JSON logs it is one more JSON line, so a log
-/// pipeline that parses every line of stderr keeps working; otherwise it is a plain line.
+/// pipeline that parses every line of stderr keeps working. Otherwise it is a plain line.
 pub fn report_fatal(error: &dyn std::fmt::Display) {
     match INSTALLED_FORMAT.get() {
         Some(LogFormat::Json) => tracing::error!(error = %error, "xiaomaolv stopped with an error"),

@@ -134,7 +134,7 @@ fn port_in_use_stops_before_store_opens() {
 }
 
 #[test]
-fn fatal_error_is_a_json_line_with_json_logs() {
+fn fatal_error_logs_as_json() {
     let busy_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = busy_listener.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
