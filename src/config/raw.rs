@@ -153,6 +153,9 @@ pub struct RawHttpChannel {
     /// and the time the client has to acknowledge each one before the connection is closed.
     /// Default 20000.
     pub http2_keep_alive_interval_ms: Option<u64>,
+    /// Time an HTTP/2 connection may go without a request in flight before the gateway closes it
+    /// with GOAWAY, in milliseconds. Default 60000.
+    pub http2_idle_timeout_ms: Option<u64>,
 }
 
 /// `[agent]`: how a turn runs.

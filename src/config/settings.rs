@@ -98,6 +98,7 @@ pub struct HttpChannelConfig {
     pub max_body_bytes: usize,
     pub header_read_timeout_ms: u64,
     pub http2_keep_alive_interval_ms: u64,
+    pub http2_idle_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -173,6 +174,10 @@ impl HttpChannelConfig {
 
     pub fn http2_keep_alive_interval(&self) -> Duration {
         Duration::from_millis(self.http2_keep_alive_interval_ms)
+    }
+
+    pub fn http2_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.http2_idle_timeout_ms)
     }
 }
 
@@ -451,6 +456,10 @@ fn validate_http(raw: RawChannels) -> Result<HttpChannelConfig, ConfigError> {
         http2_keep_alive_interval_ms: positive(
             "channels.http.http2_keep_alive_interval_ms",
             raw.http2_keep_alive_interval_ms.unwrap_or(20_000),
+        )?,
+        http2_idle_timeout_ms: positive(
+            "channels.http.http2_idle_timeout_ms",
+            raw.http2_idle_timeout_ms.unwrap_or(60_000),
         )?,
     })
 }

@@ -1,15 +1,20 @@
 //! Limits on client connections: the wait for a new connection's first bytes, the HTTP/1 header
-//! timeout, the HTTP/2 keep-alive pings, and a rate-limited log of failed accepts.
+//! timeout, the HTTP/2 keep-alive pings and idle timeout, and a rate-limited log of failed
+//! accepts.
 //!
 //! hyper-util's auto builder reads the first bytes of a connection to tell HTTP/1 from HTTP/2 and
 //! waits for them without a limit, and hyper's HTTP/1 header timeout starts only once the HTTP/1
 //! path is chosen. So the gateway waits for those bytes itself, under the header timeout, before
-//! it hands the connection to hyper. An HTTP/2 connection is then kept in check by PING frames: a
-//! client that does not acknowledge one in time is disconnected.
+//! it hands the connection to hyper. An HTTP/2 connection is then kept in check by PING frames,
+//! which a client must acknowledge in time. hyper has no idle timeout for HTTP/2, so a client
+//! that acknowledges every PING could keep a connection open for ever. The gateway therefore
+//! closes an HTTP/2 connection that has had no request in flight for a while.
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -18,9 +23,9 @@ use axum::http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::Service;
 
 use crate::config::HttpChannelConfig;
@@ -40,10 +45,19 @@ const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(1);
 pub(super) struct Connections {
     builder: Arc<auto::Builder<TokioExecutor>>,
     header_read_timeout: Duration,
-    graceful: GracefulShutdown,
-    /// Cancelled when shutdown begins, which closes the connections that have not yet sent
-    /// enough to tell their protocol.
+    http2_idle_timeout: Duration,
+    /// The task of every connection, so that shutdown can wait for them.
+    tasks: TaskTracker,
+    /// Cancelled when shutdown begins. Connections that have not yet sent enough to tell their
+    /// protocol close at once, and the others after their current requests.
     closing: CancellationToken,
+}
+
+/// The protocol a client chose with its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
 }
 
 impl Connections {
@@ -51,7 +65,8 @@ impl Connections {
         Self {
             builder: Arc::new(builder(http)),
             header_read_timeout: http.header_read_timeout(),
-            graceful: GracefulShutdown::new(),
+            http2_idle_timeout: http.http2_idle_timeout(),
+            tasks: TaskTracker::new(),
             closing: CancellationToken::new(),
         }
     }
@@ -60,24 +75,32 @@ impl Connections {
     /// the connection when it sends none within the header timeout.
     pub(super) fn spawn(&self, stream: TcpStream, peer: SocketAddr, app: Router) {
         let _ = stream.set_nodelay(true);
+        let activity = Arc::new(Activity::new());
+        let requests = Arc::clone(&activity);
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().call(request)
+            let in_flight = requests.begin();
+            let response = app.clone().call(request);
+            async move {
+                let response = response.await;
+                drop(in_flight);
+                response
+            }
         });
         let builder = Arc::clone(&self.builder);
         let header_read_timeout = self.header_read_timeout;
-        let watcher = self.graceful.watcher();
+        let http2_idle_timeout = self.http2_idle_timeout;
         let closing = self.closing.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let started = tokio::select! {
                 started = tokio::time::timeout(header_read_timeout, wait_for_protocol(&stream)) => {
                     started
                 }
                 () = closing.cancelled() => return,
             };
-            match started {
-                Ok(Ok(true)) => {}
-                Ok(Ok(false)) => return,
+            let protocol = match started {
+                Ok(Ok(Some(protocol))) => protocol,
+                Ok(Ok(None)) => return,
                 Ok(Err(err)) => {
                     tracing::debug!(%peer, error = %err, "Connection failed before its first request");
                     return;
@@ -86,9 +109,33 @@ impl Connections {
                     tracing::debug!(%peer, "Closing a connection that sent no request in time");
                     return;
                 }
-            }
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(err) = watcher.watch(connection.into_owned()).await {
+            };
+            let idle = async {
+                match protocol {
+                    Protocol::Http2 => activity.idle_for(http2_idle_timeout).await,
+                    // hyper closes an idle HTTP/1 connection after the header timeout.
+                    Protocol::Http1 => std::future::pending().await,
+                }
+            };
+            let mut idle = pin!(idle);
+            let mut connection =
+                pin!(builder.serve_connection_with_upgrades(TokioIo::new(stream), service));
+            let mut shutting_down = false;
+            let result = loop {
+                tokio::select! {
+                    result = connection.as_mut() => break result,
+                    () = closing.cancelled(), if !shutting_down => {
+                        connection.as_mut().graceful_shutdown();
+                        shutting_down = true;
+                    }
+                    () = idle.as_mut(), if !shutting_down => {
+                        tracing::debug!(%peer, "Closing an idle HTTP/2 connection");
+                        connection.as_mut().graceful_shutdown();
+                        shutting_down = true;
+                    }
+                }
+            };
+            if let Err(err) = result {
                 tracing::debug!(%peer, error = %err, "Connection ended with an error");
             }
         });
@@ -98,7 +145,60 @@ impl Connections {
     /// others, which close after their current requests, and waits until all are closed.
     pub(super) async fn shut_down(self) {
         self.closing.cancel();
-        self.graceful.shutdown().await;
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// The requests in flight on one connection, and when the last of them ended.
+#[derive(Debug)]
+struct Activity {
+    opened: Instant,
+    in_flight: AtomicUsize,
+    /// Microseconds from `opened` to the end of the last request, 0 before the first one.
+    last_end_micros: AtomicU64,
+}
+
+/// Counts one request as in flight until dropped.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let micros = u64::try_from(self.0.opened.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.0.last_end_micros.store(micros, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Release);
+    }
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_end_micros: AtomicU64::new(0),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Acquire);
+        InFlight(Arc::clone(self))
+    }
+
+    /// Returns once no request has been in flight for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let wait = if self.in_flight.load(Ordering::Acquire) > 0 {
+                timeout
+            } else {
+                let last_end = Duration::from_micros(self.last_end_micros.load(Ordering::Relaxed));
+                let idle = self.opened.elapsed().saturating_sub(last_end);
+                if idle >= timeout {
+                    return;
+                }
+                timeout - idle
+            };
+            tokio::time::sleep(wait).await;
+        }
     }
 }
 
@@ -109,8 +209,6 @@ fn builder(http: &HttpChannelConfig) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(http.header_read_timeout());
-    // NOTE: a client that acknowledges every PING keeps an HTTP/2 connection open without
-    // sending a request, because hyper has no idle timeout for HTTP/2.
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -120,17 +218,20 @@ fn builder(http: &HttpChannelConfig) -> auto::Builder<TokioExecutor> {
 }
 
 /// Waits until `stream` has sent enough to tell its protocol: a byte that differs from the
-/// HTTP/2 preface, or the whole preface. Returns `false` when the client closed the connection
+/// HTTP/2 preface, or the whole preface. Returns `None` when the client closed the connection
 /// first. The bytes stay in the socket for hyper to read.
-async fn wait_for_protocol(stream: &TcpStream) -> io::Result<bool> {
+async fn wait_for_protocol(stream: &TcpStream) -> io::Result<Option<Protocol>> {
     let mut start = [0u8; H2_PREFACE.len()];
     loop {
         let read = stream.peek(&mut start).await?;
         if read == 0 {
-            return Ok(false);
+            return Ok(None);
         }
-        if read == start.len() || start[..read] != H2_PREFACE[..read] {
-            return Ok(true);
+        if start[..read] != H2_PREFACE[..read] {
+            return Ok(Some(Protocol::Http1));
+        }
+        if read == start.len() {
+            return Ok(Some(Protocol::Http2));
         }
         // `peek` returns at once while bytes are waiting, so it cannot wait for more of them.
         tokio::time::sleep(PARTIAL_PREFACE_RECHECK).await;

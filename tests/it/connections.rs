@@ -20,7 +20,8 @@ const EMPTY_SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
 async fn gateway_with_short_timeouts() -> (FakeOpenAi, TestGateway) {
     let provider = FakeOpenAi::start().await;
     let options = Options {
-        http: "header_read_timeout_ms = 300\nhttp2_keep_alive_interval_ms = 300",
+        http: "header_read_timeout_ms = 300\nhttp2_keep_alive_interval_ms = 300\n\
+               http2_idle_timeout_ms = 1000",
         ..Options::default()
     };
     let gateway = TestGateway::start_with(&provider.base_url(), options).await;
@@ -99,4 +100,65 @@ async fn http1_and_h2c_requests_are_served() {
     let http2 = h2c.get(gateway.url("/health")).send().await.unwrap();
     assert_eq!(http2.status(), 200);
     assert_eq!(http2.version(), reqwest::Version::HTTP_2);
+}
+
+/// The sending half of an HTTP/2 client connection, and the task that drives the connection.
+/// The task ends when the gateway closes the connection, or when the sender is dropped.
+type H2Client = (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+);
+
+/// Opens an HTTP/2 connection with prior knowledge and sends `GET /health` on it.
+async fn h2_connection_after_one_request(gateway: &TestGateway) -> H2Client {
+    let stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let (mut sender, connection) = h2::client::handshake(stream).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let request = http::Request::get(gateway.url("/health")).body(()).unwrap();
+    let (response, _) = sender.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+    }
+    (sender, driver)
+}
+
+#[tokio::test]
+async fn idle_h2_connection_is_closed() {
+    let (_provider, gateway) = gateway_with_short_timeouts().await;
+    let (sender, driver) = h2_connection_after_one_request(&gateway).await;
+
+    // The client acknowledges every PING, sent each 300 ms, and keeps its sender, so only the
+    // 1 s idle timeout can end the connection.
+    let ended = tokio::time::timeout(SAFETY_NET, driver).await;
+    let result = ended
+        .expect("the gateway closed the idle connection")
+        .unwrap();
+    assert!(
+        result.is_ok(),
+        "closed with GOAWAY, not an error: {result:?}"
+    );
+    drop(sender);
+}
+
+#[tokio::test]
+async fn busy_h2_connection_stays_open() {
+    let (_provider, gateway) = gateway_with_short_timeouts().await;
+    let stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let (sender, connection) = h2::client::handshake(stream).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let mut sender = sender.ready().await.unwrap();
+
+    // A request every 300 ms for 2.4 s, more than twice the idle timeout, on one connection.
+    for _ in 0..8 {
+        let request = http::Request::get(gateway.url("/health")).body(()).unwrap();
+        let (response, _) = sender.send_request(request, true).unwrap();
+        assert_eq!(response.await.unwrap().status(), 200);
+        sender = sender.ready().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(!driver.is_finished());
 }
