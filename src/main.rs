@@ -4,8 +4,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio::runtime::{Builder, Runtime};
 use xiaomaolv::cli::serve::{self, RuntimePlan};
-use xiaomaolv::cli::{self, Cli, Command};
+use xiaomaolv::cli::{self, Cli, Command, LogFormatArg};
 use xiaomaolv::code_mode::subprocess;
+use xiaomaolv::telemetry;
 
 /// mimalloc in place of glibc's malloc, which took about 8% of the gateway's CPU time in a
 /// profile at 2,000 messages/s on the benchmark machine.
@@ -18,10 +19,15 @@ fn main() -> ExitCode {
         // The engine process builds its own single-threaded runtime on this thread.
         return subprocess::serve_engine();
     }
+    // `--log-format json` makes even an error found before logging starts a JSON line.
+    let json_flag = matches!(
+        &cli.command,
+        Command::Serve(args) if matches!(args.log_format, Some(LogFormatArg::Json))
+    );
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            xiaomaolv::telemetry::report_fatal(&err);
+            telemetry::report_fatal(&err, json_flag || telemetry::json_logging());
             ExitCode::FAILURE
         }
     }

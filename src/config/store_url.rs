@@ -50,7 +50,11 @@ const POSTGRES_ENVIRONMENT: &[(&str, &str)] = &[
 
 /// Returns why `url` cannot be a store URL, or `None` when it can.
 pub(super) fn store_url_error(url: &str) -> Option<String> {
-    store_url_error_with(url, &|name| std::env::var(name).ok())
+    // A value that is not UTF-8 is checked in its lossy form, which no rule accepts. sqlx would
+    // drop it without a word.
+    store_url_error_with(url, &|name| {
+        std::env::var_os(name).map(|value| value.to_string_lossy().into_owned())
+    })
 }
 
 /// [`store_url_error`] with `environment` in place of the process environment.
@@ -161,6 +165,10 @@ fn postgres_url_error(url: &str, environment: &dyn Fn(&str) -> Option<String>) -
         let Some(value) = environment(variable) else {
             continue;
         };
+        // libpq reads an empty variable as unset, except `PGSSLMODE`, which it rejects.
+        if value.is_empty() && variable != "PGSSLMODE" {
+            continue;
+        }
         has_cert |= parameter == "sslcert";
         has_key |= parameter == "sslkey";
         if let Some(problem) = parameter_error(parameter, &value) {
@@ -170,12 +178,27 @@ fn postgres_url_error(url: &str, environment: &dyn Fn(&str) -> Option<String>) -
             ));
         }
     }
+    let socket_host = parsed
+        .host_str()
+        .is_some_and(|host| host.to_ascii_uppercase().starts_with("%2F"))
+        || parsed
+            .query_pairs()
+            .any(|(key, value)| key == "host" && value.starts_with('/'));
+    if socket_host && seen.iter().any(|name| name == "hostaddr") {
+        // libpq would connect to `hostaddr` over TCP, while sqlx uses the socket.
+        return Some(
+            "`host` names a Unix socket directory and `hostaddr` an IP address; give only one \
+             of them"
+                .to_owned(),
+        );
+    }
     if !has_host {
         return Some(format!("it names no host; expected {POSTGRES_FORM}"));
     }
     if has_cert != has_key {
         return Some(
-            "a client certificate needs both `sslcert` and `sslkey`; set both or neither"
+            "a client certificate needs both `sslcert` and `sslkey`, from the URL or from \
+             PGSSLCERT and PGSSLKEY; set both or neither"
                 .to_owned(),
         );
     }
@@ -235,17 +258,32 @@ fn certificate_file_error(key: &str, path: &str) -> Option<String> {
             "`{key}` is PEM text; give the path of a PEM file instead"
         ));
     }
-    let (marker, kind) = match key {
-        "sslkey" | "ssl-key" => ("PRIVATE KEY-----", "private key"),
-        _ => ("-----BEGIN CERTIFICATE-----", "certificate"),
+    let is_key = matches!(key, "sslkey" | "ssl-key");
+    // A key's value that names no file may be key material pasted without its PEM lines, so it
+    // is shown only when a file of that name exists.
+    let named_path = if !is_key || std::path::Path::new(path).exists() {
+        format!(" `{path}`")
+    } else {
+        " (not shown, as it names no file and may be key material)".to_owned()
+    };
+    let (marker, kind) = if is_key {
+        ("PRIVATE KEY-----", "private key")
+    } else {
+        ("-----BEGIN CERTIFICATE-----", "certificate")
     };
     match std::fs::read_to_string(path) {
+        Ok(text) if is_key && text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") => {
+            Some(format!(
+                "`{key}` file{named_path} holds an encrypted private key, which the gateway cannot \
+                 read; decrypt it, for example with `openssl pkcs8 -in KEY -out PLAIN.key`"
+            ))
+        }
         Ok(text) if text.contains(marker) => None,
         Ok(_) => Some(format!(
-            "`{key}` file `{path}` contains no PEM {kind}; give the path of a PEM file with one"
+            "`{key}` file{named_path} contains no PEM {kind}; give the path of a PEM file with one"
         )),
         Err(err) => Some(format!(
-            "`{key}` file `{path}` cannot be read ({err}); give the path of a PEM file"
+            "`{key}` file{named_path} cannot be read ({err}); give the path of a PEM file"
         )),
     }
 }
@@ -406,6 +444,7 @@ mod tests {
             assert!(message.contains(expected), "{variable}: {message}");
             assert!(!message.contains("secret"), "{variable}: {message}");
         }
+
         // A parameter in the URL wins over the environment, as in sqlx.
         let in_url = "postgres://app:pw@db/history?sslmode=require";
         assert_eq!(
@@ -416,10 +455,65 @@ mod tests {
             store_url_error_with(url, &with("PGSSLMODE", "verify-full")),
             None
         );
+
+        // libpq reads an empty variable as unset, except PGSSLMODE.
+        assert_eq!(store_url_error_with(url, &with("PGPORT", "")), None);
+        assert_eq!(store_url_error_with(url, &with("PGSSLROOTCERT", "")), None);
+        let message = store_url_error_with(url, &with("PGSSLMODE", "")).unwrap();
+        assert!(message.contains("PGSSLMODE"), "{message}");
+
+        // A value that is not UTF-8 arrives in its lossy form and fails.
+        let message = store_url_error_with(url, &with("PGSSLMODE", "verify-full\u{FFFD}")).unwrap();
+        assert!(message.contains("unknown sslmode"), "{message}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let key = pem_file(
+            &dir,
+            "client.key",
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        );
+        let key_only = |variable: &str| (variable == "PGSSLKEY").then(|| key.clone());
+        let message = store_url_error_with(url, &key_only).unwrap();
+        assert!(message.contains("PGSSLCERT and PGSSLKEY"), "{message}");
+
         let with_port = "postgres://app:pw@db:5433/history";
         assert_eq!(
             store_url_error_with(with_port, &with("PGPORT", "54x2")),
             None
         );
+    }
+
+    #[test]
+    fn key_material_is_never_shown() {
+        // A key's base64 body pasted without its PEM lines names no file.
+        let body = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQ";
+        let url = format!("postgres://app:pw@db/history?sslkey={body}&sslcert=/etc/hostname");
+        let message = store_url_error_with(&url, &|_| None).unwrap();
+        assert!(message.contains("not shown"), "{message}");
+        assert!(!message.contains(body), "{message}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let encrypted = pem_file(
+            &dir,
+            "encrypted.key",
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        );
+        let url = format!("postgres://app:pw@db/history?sslkey={encrypted}&sslcert=/etc/hostname");
+        let message = store_url_error_with(&url, &|_| None).unwrap();
+        assert!(message.contains("encrypted private key"), "{message}");
+        assert!(message.contains(&encrypted), "{message}");
+    }
+
+    #[test]
+    fn socket_host_with_hostaddr_is_rejected() {
+        for url in [
+            "postgres://app:pw@localhost/history?host=/run/postgresql&hostaddr=10.0.0.5",
+            "postgres://app:pw@%2Frun%2Fpostgresql/history?hostaddr=10.0.0.5",
+        ] {
+            let message = store_url_error_with(url, &|_| None).expect(url);
+            assert!(message.contains("give only one"), "{url}: {message}");
+        }
+        let socket_only = "postgres://app:pw@localhost/history?host=/run/postgresql";
+        assert_eq!(store_url_error_with(socket_only, &|_| None), None);
     }
 }

@@ -123,6 +123,7 @@ pub fn store_status(err: &StoreError) -> (StatusCode, &'static str) {
         | StoreError::Spawn(_)
         | StoreError::Migrate(_)
         | StoreError::MigrateFile { .. }
+        | StoreError::MigratePostgres { .. }
         | StoreError::Unreachable { .. }
         | StoreError::ConnectTimedOut { .. }
         | StoreError::TlsFailed { .. }

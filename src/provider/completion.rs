@@ -28,18 +28,44 @@ impl TryFrom<ChatCompletion> for Completion {
             response.choices.into_iter().next().ok_or_else(|| {
                 ProviderError::InvalidResponse("the response has no choices".into())
             })?;
-        Ok(Self {
-            content: without_nul(choice.message.content.unwrap_or_default()),
+        let completion = Self {
+            content: choice.message.content.unwrap_or_default(),
             tool_calls: choice.message.tool_calls,
             finish_reason: normalize_finish_reason(choice.finish_reason),
             usage: response.usage,
             model: response.model,
-        })
+        };
+        Ok(completion.without_nul())
+    }
+}
+
+impl Completion {
+    /// Replaces U+0000 in every text field that the history stores, see [`without_nul`].
+    fn without_nul(self) -> Self {
+        Self {
+            content: without_nul(self.content),
+            tool_calls: self
+                .tool_calls
+                .into_iter()
+                .map(|call| ToolCall {
+                    id: without_nul(call.id),
+                    function: FunctionCall {
+                        name: without_nul(call.function.name),
+                        ..call.function
+                    },
+                    ..call
+                })
+                .collect(),
+            finish_reason: self.finish_reason.map(without_nul),
+            usage: self.usage,
+            model: self.model.map(without_nul),
+        }
     }
 }
 
 /// Replaces each NUL character (U+0000) in the model's text with U+FFFD. PostgreSQL cannot store
 /// U+0000, and the client must get the same reply that the history keeps, on either store.
+/// NOTE: tool-call arguments keep U+0000, because a tool may need the exact value.
 fn without_nul(text: String) -> String {
     if text.contains('\0') {
         text.replace('\0', "\u{FFFD}")
@@ -154,13 +180,14 @@ impl CompletionBuilder {
                 },
             })
             .collect();
-        Completion {
+        let completion = Completion {
             content: self.content,
             tool_calls,
             finish_reason: self.finish_reason,
             usage: self.usage,
             model: self.model,
-        }
+        };
+        completion.without_nul()
     }
 }
 
@@ -171,11 +198,18 @@ mod tests {
     #[test]
     fn nul_in_model_text_becomes_replacement_character() {
         let response: ChatCompletion = serde_json::from_str(
-            r#"{"choices":[{"message":{"role":"assistant","content":"a\u0000b"}}]}"#,
+            r#"{"model":"m\u0000","choices":[{"message":{"role":"assistant",
+                "content":"a\u0000b","tool_calls":[{"id":"c\u0000","type":"function",
+                "function":{"name":"n\u0000","arguments":"{}"}}]},
+                "finish_reason":"st\u0000op"}]}"#,
         )
         .unwrap();
         let completion = Completion::try_from(response).unwrap();
         assert_eq!(completion.content, "a\u{FFFD}b");
+        assert_eq!(completion.model.as_deref(), Some("m\u{FFFD}"));
+        assert_eq!(completion.finish_reason.as_deref(), Some("st\u{FFFD}op"));
+        assert_eq!(completion.tool_calls[0].id, "c\u{FFFD}");
+        assert_eq!(completion.tool_calls[0].function.name, "n\u{FFFD}");
 
         let mut builder = CompletionBuilder::default();
         let chunk: ChatChunk =

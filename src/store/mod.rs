@@ -38,6 +38,15 @@ pub enum StoreError {
     Spawn(std::io::Error),
     #[error("store migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A migration of a PostgreSQL database failed.
+    #[error(
+        "cannot migrate the PostgreSQL store at {server}: {source}; check that the user may \
+         create tables in the database (CREATE on its schema), and see docs/store.md on upgrades"
+    )]
+    MigratePostgres {
+        server: String,
+        source: sqlx::migrate::MigrateError,
+    },
     /// A migration of a SQLite file failed. `check` names what to look at.
     #[error("cannot migrate the SQLite store {url}: {source}; {check}")]
     MigrateFile {
@@ -64,8 +73,8 @@ pub enum StoreError {
     /// The TLS handshake failed, or the server offers no TLS where `sslmode` needs it.
     #[error(
         "cannot connect to PostgreSQL at {server} over TLS: {source}; check `sslmode` and \
-         `sslrootcert` in store.url, and that the URL names the host as the server's certificate \
-         does"
+         `sslrootcert` in store.url, that the URL names the host as the server's certificate \
+         does, and any client certificate in `sslcert` (rustls accepts only X.509 version 3)"
     )]
     TlsFailed { server: String, source: sqlx::Error },
     /// No pooled connection became free in time: the server is down or slow, or every connection

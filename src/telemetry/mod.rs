@@ -12,6 +12,8 @@ pub mod names;
 use std::sync::OnceLock;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 
 use crate::config::LogFormat;
 
@@ -66,11 +68,28 @@ pub fn init_logging_at(format: LogFormat, default_level: &str) -> Result<(), Str
 /// The format of the subscriber that [`init_logging_at`] installed, if it installed one.
 static INSTALLED_FORMAT: OnceLock<LogFormat> = OnceLock::new();
 
-/// Reports an error that stops the process. With JSON logs it is one more JSON line, so a log
-/// pipeline that parses every line of stderr keeps working. Otherwise it is a plain line.
-pub fn report_fatal(error: &dyn std::fmt::Display) {
-    match INSTALLED_FORMAT.get() {
-        Some(LogFormat::Json) => tracing::error!(error = %error, "xiaomaolv stopped with an error"),
-        _ => eprintln!("xiaomaolv: {error}"),
+/// Returns whether [`init_logging_at`] installed JSON logging.
+pub fn json_logging() -> bool {
+    INSTALLED_FORMAT.get() == Some(&LogFormat::Json)
+}
+
+/// Prints an error that stops the process to stderr. As `json`, it is a line in the format of the
+/// JSON logs, so a log pipeline that parses every line keeps working. Otherwise it is a plain
+/// line. It bypasses the subscriber, because a `RUST_LOG` filter must not hide why the process
+/// stopped.
+pub fn report_fatal(error: &dyn std::fmt::Display, json: bool) {
+    if !json {
+        eprintln!("xiaomaolv: {error}");
+        return;
     }
+    let mut timestamp = String::new();
+    let _ = SystemTime.format_time(&mut Writer::new(&mut timestamp));
+    let line = serde_json::json!({
+        "timestamp": timestamp,
+        "level": "ERROR",
+        "message": "xiaomaolv stopped with an error",
+        "error": error.to_string(),
+        "target": "xiaomaolv",
+    });
+    eprintln!("{line}");
 }

@@ -133,6 +133,28 @@ fn port_in_use_stops_before_store_opens() {
     );
 }
 
+/// Runs `serve --log-format json` with `config` and `env`, checks that every stderr line is JSON,
+/// and returns the last one, which must report the error that stopped it.
+fn json_fatal_line(dir: &tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Value {
+    let path = write_config(dir, config);
+    let output = Command::new(binary())
+        .args(["serve", "--log-format", "json", "--config", &path])
+        .current_dir(dir.path())
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let lines: Vec<Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    let last = lines.last().expect("at least one log line").clone();
+    assert_eq!(last["level"], "ERROR", "{stderr}");
+    last
+}
+
 #[test]
 fn fatal_error_logs_as_json() {
     let busy_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -140,28 +162,20 @@ fn fatal_error_logs_as_json() {
     let dir = tempfile::tempdir().unwrap();
     let text = config_for("http://127.0.0.1:9/v1", "")
         .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
-    let path = write_config(&dir, &text);
+    let expected = format!("cannot listen on 127.0.0.1:{port}");
 
-    let output = Command::new(binary())
-        .args(["serve", "--log-format", "json", "--config", &path])
-        .current_dir(dir.path())
-        .env_clear()
-        .output()
-        .unwrap();
+    // A RUST_LOG filter that drops every event must not hide the error.
+    for rust_log in ["info", "off"] {
+        let last = json_fatal_line(&dir, &text, &[("RUST_LOG", rust_log)]);
+        let error = last["error"].as_str().unwrap();
+        assert!(error.contains(&expected), "RUST_LOG={rust_log}: {last}");
+    }
 
-    let stderr = String::from_utf8(output.stderr).unwrap();
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
-    let lines: Vec<Value> = stderr
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
-        .collect();
-    let last = lines.last().expect("at least one log line");
-    assert_eq!(last["level"], "ERROR", "{stderr}");
+    // An error in the config comes before logging starts, and the flag still makes it JSON.
+    let bad = config_for("http://127.0.0.1:9/v1", "").replace("[app]", "[app]\nbogus_key = 1");
+    let last = json_fatal_line(&dir, &bad, &[]);
     let error = last["error"].as_str().unwrap();
-    assert!(
-        error.contains(&format!("cannot listen on 127.0.0.1:{port}")),
-        "{stderr}"
-    );
+    assert!(error.contains("bogus_key"), "{last}");
 }
 
 #[tokio::test]

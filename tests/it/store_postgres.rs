@@ -407,6 +407,30 @@ async fn run_as_superuser(database: &str, sql: &str) {
 }
 
 #[tokio::test]
+async fn denied_migration_names_server_and_fix() {
+    let owned = pg::fresh_database_owned_by_role().await;
+    let schema = format!(
+        "REVOKE CREATE ON SCHEMA public FROM PUBLIC, {role}; \
+         ALTER SCHEMA public OWNER TO postgres",
+        role = owned.role
+    );
+    run_as_superuser(&owned.database, &schema).await;
+
+    let message = store::open(&config(&owned.url))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.starts_with("cannot migrate the PostgreSQL store at 127.0.0.1:"),
+        "{message}"
+    );
+    assert!(message.contains("permission denied"), "{message}");
+    assert!(message.contains("CREATE on its schema"), "{message}");
+    assert!(!message.contains(PASSWORD), "{message}");
+}
+
+#[tokio::test]
 async fn revoked_insert_fails_health_until_granted() {
     let owned = pg::fresh_database_owned_by_role().await;
     let fake = FakeOpenAi::start().await;

@@ -117,7 +117,12 @@ async fn migrate(
                 "Waiting for a lock before migrating the PostgreSQL store: another replica may \
                  be migrating it, or another session holds a lock on its tables."
             ),
-            Err(err) => return Err(err.into()),
+            Err(source) => {
+                return Err(StoreError::MigratePostgres {
+                    server: server.to_owned(),
+                    source,
+                });
+            }
         }
     }
 }
