@@ -6,6 +6,9 @@ use super::CliError;
 use crate::config::Config;
 
 pub fn run(file: Option<&Path>) -> Result<(), CliError> {
+    // The same file `serve` reads when it is given none.
+    let default = Path::new(super::DEFAULT_CONFIG_FILE);
+    let file = file.or_else(|| default.exists().then_some(default));
     let config = match file {
         Some(path) => Config::load(path)?,
         None => Config::embedded()?,

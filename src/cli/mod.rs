@@ -32,7 +32,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Validate a config file and print the effective settings with secrets masked.
     CheckConfig {
-        /// Config file to check; without it, the embedded defaults are checked.
+        /// Config file to check; without it, the file `serve` would read: XIAOMAOLV_CONFIG, else
+        /// ./xiaomaolv.toml if it exists, else the embedded defaults.
+        #[arg(env = "XIAOMAOLV_CONFIG")]
         file: Option<PathBuf>,
     },
     /// Manage MCP servers in the config file.
@@ -132,7 +134,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
 }
 
 /// Logs warnings and errors only (unless `RUST_LOG` says otherwise), so `mcp test` output stays
-/// readable.
+/// readable. The MCP hub's warning that it will retry a failed server is left out, because the
+/// one-shot test does not retry and prints the failure itself.
 fn init_cli_logging() {
-    let _ = crate::telemetry::init_logging_at(LogFormat::Human, "warn");
+    let _ =
+        crate::telemetry::init_logging_at(LogFormat::Human, "warn,xiaomaolv::mcp::server=error");
 }

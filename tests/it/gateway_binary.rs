@@ -48,6 +48,40 @@ fn check_config(path: &str, env: &[(&str, &str)]) -> (i32, String, String) {
 }
 
 #[test]
+fn check_config_without_file_reads_what_serve_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_for("http://127.0.0.1:9/v1", "").replace("[app]", "[app]\nbogus_key = 1");
+    write_config(&dir, &text);
+    let run = |env: &[(&str, &str)]| {
+        let output = Command::new(binary())
+            .arg("check-config")
+            .current_dir(dir.path())
+            .env_clear()
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        (output.status.code().unwrap(), stderr)
+    };
+
+    // ./xiaomaolv.toml, as `serve` would read it.
+    let (code, stderr) = run(&[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("xiaomaolv.toml"), "{stderr}");
+    assert!(stderr.contains("bogus_key"), "{stderr}");
+
+    // XIAOMAOLV_CONFIG wins over ./xiaomaolv.toml.
+    let other = dir.path().join("other.toml");
+    std::fs::write(&other, config_for("http://127.0.0.1:9/v1", "")).unwrap();
+    let (code, stderr) = run(&[("XIAOMAOLV_CONFIG", other.to_str().unwrap())]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("other.toml: configuration is valid"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn check_config_prints_settings_with_secrets_masked() {
     let dir = tempfile::tempdir().unwrap();
     let text = format!(

@@ -174,6 +174,30 @@ async fn accept_header_selects_streaming() {
     let events = read_sse(response).await;
     assert_eq!(streamed_text(&events), "ab");
     assert_eq!(events.last().unwrap().0, "done");
+
+    // An explicit `"stream": false` wins over the header.
+    fake.push(Reply::text("plain"));
+    let mut body = message("s2", "hi");
+    body["stream"] = json!(false);
+    let response = gateway
+        .client
+        .post(gateway.url("/v1/messages"))
+        .header("accept", "text/event-stream")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
+    let reply: Value = response.json().await.unwrap();
+    assert_eq!(reply["reply"], "plain");
 }
 
 #[tokio::test]
@@ -308,6 +332,12 @@ async fn bad_input_is_rejected_and_nothing_stored() {
             "{response}"
         );
     }
+    // The message names the character to remove.
+    let (_, response) = gateway
+        .send(json!({ "session_id": "s", "user_id": "\u{202e}nimda", "text": "t" }))
+        .await;
+    let text = response["error"]["message"].as_str().unwrap();
+    assert!(text.ends_with("remove U+202E"), "{response}");
     assert_eq!(fake.request_count(), 0);
     assert!(gateway.history("s").await.is_none());
 }
@@ -375,6 +405,23 @@ async fn malformed_json_and_wrong_content_type_are_rejected() {
         let json: Value = response.json().await.unwrap();
         assert_eq!(json["error"]["type"], kind, "{json}");
     }
+
+    // A syntax error keeps its position and shows the expected shape.
+    let response = gateway
+        .client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{\"session_id\": \"s\",")
+        .send()
+        .await
+        .unwrap();
+    let json: Value = response.json().await.unwrap();
+    let message = json["error"]["message"].as_str().unwrap();
+    assert!(message.contains("at line 1 column 19"), "{message}");
+    assert!(
+        message.contains("send one JSON object such as"),
+        "{message}"
+    );
     assert_eq!(fake.request_count(), 0);
 }
 

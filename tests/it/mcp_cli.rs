@@ -94,6 +94,13 @@ fn add_ls_test_rm_round_trip() {
     assert!(stdout.contains("tools/list round trip"), "{stdout}");
     assert!(stdout.contains("get-sum"), "{stdout}");
 
+    // Nothing listens at the search server's address. The one-shot test prints why it failed,
+    // without the hub's warning that it will retry.
+    let (code, _, stderr) = run(dir.path(), &["mcp", "test", "search", "--config", config]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("server `search` is not usable"), "{stderr}");
+    assert!(!stderr.contains("will retry"), "{stderr}");
+
     let (code, _, stderr) = run(dir.path(), &["mcp", "rm", "search", "--config", config]);
     assert_eq!(code, 0, "{stderr}");
     let text = std::fs::read_to_string(&path).unwrap();

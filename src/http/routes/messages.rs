@@ -32,8 +32,9 @@ pub struct MessageBody {
     session_id: String,
     user_id: String,
     text: String,
+    /// `None` when the body leaves it out; then the `Accept` header decides.
     #[serde(default)]
-    stream: bool,
+    stream: Option<bool>,
 }
 
 /// An event of a streaming turn: text fragments in order, then one final result.
@@ -48,7 +49,10 @@ pub async fn post(
     body: Body,
 ) -> Result<Response, ApiError> {
     let body = parse_body(&state, &headers, body).await?;
-    let wants_stream = body.stream || accepts_event_stream(&headers);
+    // An explicit `"stream"` wins over the `Accept` header.
+    let wants_stream = body
+        .stream
+        .unwrap_or_else(|| accepts_event_stream(&headers));
     let permit = state.turn_limit.try_start()?;
     let request = TurnRequest {
         session_id: body.session_id,
@@ -99,17 +103,23 @@ async fn parse_body(
 fn json_error(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     let path = err.path().to_string();
     let inner = err.into_inner();
-    let message = strip_position(&inner.to_string());
     if inner.is_syntax() || inner.is_eof() {
-        return ApiError::InvalidBody(format!("request body is not valid JSON: {message}"));
+        // The line and column help to find the mistake, so they stay.
+        return ApiError::InvalidBody(format!(
+            "request body is not valid JSON: {inner}; send one JSON object such as \
+             {{\"session_id\": \"s1\", \"user_id\": \"u1\", \"text\": \"hi\"}}"
+        ));
     }
+    let message = strip_position(&inner.to_string());
     if path != "." && !path.is_empty() {
         return ApiError::field(&path, format!("`{path}`: {message}"));
     }
     // Missing and unknown fields are reported at the root, with the name in backticks.
+    let hint =
+        "the body takes `session_id`, `user_id` and `text` (strings) and `stream` (a boolean)";
     match backticked(&message) {
-        Some(field) => ApiError::field(field, message),
-        None => ApiError::InvalidBody(format!("invalid request body: {message}")),
+        Some(field) => ApiError::field(field, format!("{message}; {hint}")),
+        None => ApiError::InvalidBody(format!("invalid request body: {message}; {hint}")),
     }
 }
 

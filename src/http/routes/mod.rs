@@ -28,7 +28,7 @@ pub fn validate_id(field: &str, value: &str) -> Result<(), ApiError> {
         return Err(ApiError::field(
             field,
             format!(
-                "`{field}` is {} bytes; the limit is {MAX_ID_BYTES}",
+                "`{field}` is {} bytes; the limit is {MAX_ID_BYTES}, so use a shorter id",
                 value.len()
             ),
         ));
@@ -42,11 +42,13 @@ pub fn validate_id(field: &str, value: &str) -> Result<(), ApiError> {
             ),
         ));
     }
-    if value.chars().any(is_invisible_format) {
+    if let Some(c) = value.chars().find(|&c| is_invisible_format(c)) {
         return Err(ApiError::field(
             field,
             format!(
-                "`{field}` must not contain invisible or direction-changing characters such as U+200B or U+202E"
+                "`{field}` must not contain invisible or direction-changing characters; remove \
+                 U+{:04X}",
+                u32::from(c)
             ),
         ));
     }
