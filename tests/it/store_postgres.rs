@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection as _;
 
+use xiaomaolv::agent::{ToolCallOrigin, ToolCallRecord, ToolCallStatus};
 use xiaomaolv::config::StoreConfig;
 use xiaomaolv::store::{self, HistoryStore, PostgresStore};
 
@@ -270,6 +271,39 @@ async fn nul_character_turn_stores_nothing() {
         .await;
     assert!(result.is_err());
     assert!(all_messages(&*store, "s1").await.is_none());
+}
+
+#[tokio::test]
+async fn nul_in_tool_records_is_stored_replaced() {
+    let url = fresh_database().await;
+    let store = store::open(&config(&url)).await.unwrap();
+    let mut new_turn = turn("s1", "t1", "run it", "done", None);
+    new_turn.tool_calls = vec![ToolCallRecord {
+        name: "re\0ad".to_owned(),
+        server: Some("files".to_owned()),
+        tool: Some("read".to_owned()),
+        arguments: serde_json::json!({"path": "a\0b", "k\0": ["\0"]}),
+        status: ToolCallStatus::Failed,
+        error: Some("bad\0byte".to_owned()),
+        duration_ms: 3,
+        truncated: false,
+        origin: ToolCallOrigin::CodeMode,
+    }];
+    new_turn.code_mode = Some(serde_json::json!({"console": "x\0y"}));
+    store.save_turn(&new_turn).await.unwrap();
+
+    let messages = all_messages(&*store, "s1").await.unwrap();
+    let call = &messages[1].tool_calls[0];
+    assert_eq!(call.name, "re\u{FFFD}ad");
+    assert_eq!(
+        call.arguments,
+        serde_json::json!({"path": "a\u{FFFD}b", "k\u{FFFD}": ["\u{FFFD}"]})
+    );
+    assert_eq!(call.error.as_deref(), Some("bad\u{FFFD}byte"));
+    assert_eq!(
+        messages[1].code_mode,
+        Some(serde_json::json!({"console": "x\u{FFFD}y"}))
+    );
 }
 
 #[tokio::test]

@@ -1,5 +1,8 @@
 //! Saving a turn: every row in one transaction, under the session's advisory lock.
 
+use std::borrow::Cow;
+
+use serde_json::Value;
 use sqlx::PgConnection;
 use sqlx::postgres::PgPool;
 
@@ -49,10 +52,10 @@ pub(super) async fn save_turn(pool: &PgPool, turn: &NewTurn) -> Result<(), Store
     transaction.commit().await.map_err(StoreError::Postgres)
 }
 
-// NOTE: PostgreSQL's `text` and `jsonb` reject the NUL character (U+0000), which SQLite stores.
-// The HTTP route refuses it in user text and the provider client replaces it in the model's text,
-// but a turn whose tool arguments or code-mode record contain one still fails to save here and
-// is not stored.
+// PostgreSQL's `text` and `jsonb` reject the NUL character (U+0000), which SQLite stores. The HTTP
+// route refuses it in user text and the provider client replaces it in the model's text. Tool
+// calls and code-mode records can still carry one, from a tool's output or the model's
+// arguments, so this writer stores U+FFFD in its place there.
 async fn insert_turn(connection: &mut PgConnection, turn: &NewTurn) -> sqlx::Result<()> {
     sqlx::query(LOCK_SESSION)
         .bind(SESSION_LOCK_CLASS)
@@ -71,7 +74,7 @@ async fn insert_turn(connection: &mut PgConnection, turn: &NewTurn) -> sqlx::Res
         sqlx::query(INSERT_CODE_MODE)
             .bind(&turn.session_id)
             .bind(&turn.turn_id)
-            .bind(record.to_string())
+            .bind(jsonb_text(record))
             .execute(&mut *connection)
             .await?;
     }
@@ -106,12 +109,12 @@ async fn insert_tool_calls(connection: &mut PgConnection, turn: &NewTurn) -> sql
             .bind(&turn.session_id)
             .bind(&turn.turn_id)
             .bind(i32::try_from(seq).unwrap_or(i32::MAX))
-            .bind(&call.name)
-            .bind(&call.server)
-            .bind(&call.tool)
-            .bind(call.arguments.to_string())
+            .bind(without_nul(&call.name))
+            .bind(call.server.as_deref().map(without_nul))
+            .bind(call.tool.as_deref().map(without_nul))
+            .bind(jsonb_text(&call.arguments))
             .bind(status_to_str(call.status))
-            .bind(&call.error)
+            .bind(call.error.as_deref().map(without_nul))
             .bind(saturating_i64(call.duration_ms))
             .bind(call.truncated)
             .bind(origin_to_str(call.origin))
@@ -119,6 +122,49 @@ async fn insert_tool_calls(connection: &mut PgConnection, turn: &NewTurn) -> sql
             .await?;
     }
     Ok(())
+}
+
+/// Returns `text` with U+FFFD in place of each U+0000.
+fn without_nul(text: &str) -> Cow<'_, str> {
+    if text.contains('\0') {
+        Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
+/// Returns `value` as JSON text for a `jsonb` column, with U+FFFD in place of each U+0000 in its
+/// strings and keys.
+fn jsonb_text(value: &Value) -> String {
+    let text = value.to_string();
+    // serde_json writes U+0000 only as the escape `\u0000`, so text without that has none.
+    if !text.contains("\\u0000") {
+        return text;
+    }
+    let mut value = value.clone();
+    replace_nul(&mut value);
+    value.to_string()
+}
+
+fn replace_nul(value: &mut Value) {
+    match value {
+        Value::String(text) => {
+            if let Cow::Owned(replaced) = without_nul(text) {
+                *text = replaced;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(replace_nul),
+        Value::Object(map) => {
+            *map = std::mem::take(map)
+                .into_iter()
+                .map(|(key, mut item)| {
+                    replace_nul(&mut item);
+                    (without_nul(&key).into_owned(), item)
+                })
+                .collect();
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
 }
 
 fn saturating_i64(value: u64) -> i64 {
