@@ -156,10 +156,20 @@ fn postgres_url_error(url: &str, environment: &dyn Fn(&str) -> Option<String>) -
         }
         seen.push(name);
     }
+    // Without TLS sqlx never reads the certificate files, so their variables may be stale.
+    let ssl_mode = parsed
+        .query_pairs()
+        .find(|(key, _)| canonical_parameter(key) == "sslmode")
+        .map(|(_, value)| value.into_owned())
+        .or_else(|| environment("PGSSLMODE"))
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let without_tls = matches!(ssl_mode.as_str(), "disable" | "allow");
     for &(variable, parameter) in POSTGRES_ENVIRONMENT {
         let in_url = seen.iter().any(|name| name == parameter)
             || (parameter == "port" && parsed.port().is_some());
-        if in_url {
+        let unread = without_tls && matches!(parameter, "sslrootcert" | "sslcert" | "sslkey");
+        if in_url || unread {
             continue;
         }
         let Some(value) = environment(variable) else {
@@ -475,6 +485,14 @@ mod tests {
         let key_only = |variable: &str| (variable == "PGSSLKEY").then(|| key.clone());
         let message = store_url_error_with(url, &key_only).unwrap();
         assert!(message.contains("PGSSLCERT and PGSSLKEY"), "{message}");
+
+        // Without TLS the certificate variables are never read.
+        let no_tls = "postgres://app:pw@db/history?sslmode=disable";
+        assert_eq!(
+            store_url_error_with(no_tls, &with("PGSSLROOTCERT", "/no/such/ca.pem")),
+            None
+        );
+        assert!(store_url_error_with(url, &with("PGSSLROOTCERT", "/no/such/ca.pem")).is_some());
 
         let with_port = "postgres://app:pw@db:5433/history";
         assert_eq!(
