@@ -10,6 +10,7 @@
 //! that acknowledges every PING could keep a connection open for ever. The gateway therefore
 //! closes an HTTP/2 connection that has had no request in flight for a while.
 
+use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -18,8 +19,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::Request;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -82,9 +85,15 @@ impl Connections {
             let in_flight = requests.begin();
             let response = app.clone().call(request);
             async move {
-                let response = response.await;
-                drop(in_flight);
-                response
+                let response = response.await?;
+                // The request stays in flight until its body ends, since a stream of events can
+                // go on for minutes after the headers.
+                Ok::<_, Infallible>(response.map(|body| {
+                    Body::new(body.map_frame(move |frame| {
+                        let _ = &in_flight;
+                        frame
+                    }))
+                }))
             }
         });
         let builder = Arc::clone(&self.builder);

@@ -7,7 +7,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{FakeOpenAi, Options, TestGateway};
+use crate::common::fake_openai::sse_body;
+use crate::common::{FakeOpenAi, Options, Reply, TestGateway};
 
 /// Limit on each wait for the gateway to close a connection, so a test fails instead of hanging.
 const SAFETY_NET: Duration = Duration::from_secs(20);
@@ -160,5 +161,48 @@ async fn busy_h2_connection_stays_open() {
         sender = sender.ready().await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    assert!(!driver.is_finished());
+}
+
+#[tokio::test]
+async fn h2_stream_longer_than_idle_timeout_keeps_connection() {
+    let (provider, gateway) = gateway_with_short_timeouts().await;
+    // Two events 1.5 s apart: the reply streams for longer than the 1 s idle timeout.
+    let body = sse_body(&["slow ", "reply"]);
+    let cut = body.find("\n\n").unwrap() + 2;
+    provider.push(Reply::Stream {
+        pieces: vec![body[..cut].into(), body[cut..].into()],
+        pause: Duration::from_millis(1500),
+    });
+    let stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let (sender, connection) = h2::client::handshake(stream).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let mut sender = sender.ready().await.unwrap();
+
+    let request = http::Request::post(gateway.url("/v1/messages"))
+        .header("content-type", "application/json")
+        .header("accept", "text/event-stream")
+        .body(())
+        .unwrap();
+    let (response, mut upload) = sender.send_request(request, false).unwrap();
+    let message = r#"{"session_id":"s1","user_id":"u1","text":"hi"}"#;
+    upload.send_data(message.into(), true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut events = response.into_body();
+    let mut received = Vec::new();
+    while let Some(chunk) = events.data().await {
+        let chunk = chunk.unwrap();
+        events.flow_control().release_capacity(chunk.len()).unwrap();
+        received.extend_from_slice(&chunk);
+    }
+    let received = String::from_utf8(received).unwrap();
+    assert!(received.contains("event: done"), "{received}");
+
+    // The stream counted as a request in flight, so the connection still takes requests.
+    let mut sender = sender.ready().await.unwrap();
+    let request = http::Request::get(gateway.url("/health")).body(()).unwrap();
+    let (response, _) = sender.send_request(request, true).unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
     assert!(!driver.is_finished());
 }
