@@ -38,8 +38,8 @@ const POSTGRES_PARAMETERS: &[&str] = &[
 ];
 
 /// The environment variables that sqlx reads for a parameter the URL leaves out, with that
-/// parameter. sqlx drops a value it cannot parse without a word, so a mistyped
-/// `PGSSLMODE=verify_full` would connect with the default `prefer`.
+/// parameter. sqlx silently drops a value it cannot parse, so a mistyped `PGSSLMODE=verify_full`
+/// would connect with the default `prefer`.
 const POSTGRES_ENVIRONMENT: &[(&str, &str)] = &[
     ("PGSSLMODE", "sslmode"),
     ("PGPORT", "port"),
@@ -50,14 +50,15 @@ const POSTGRES_ENVIRONMENT: &[(&str, &str)] = &[
 
 /// Returns why `url` cannot be a store URL, or `None` when it can.
 pub(super) fn store_url_error(url: &str) -> Option<String> {
-    // A value that is not UTF-8 is checked in its lossy form, which no rule accepts. sqlx would
-    // drop it without a word.
+    // A value that is not UTF-8 is checked in its lossy form, which no rule accepts, where sqlx
+    // would silently drop it.
     store_url_error_with(url, &|name| {
         std::env::var_os(name).map(|value| value.to_string_lossy().into_owned())
     })
 }
 
-/// [`store_url_error`] with `environment` in place of the process environment.
+/// Returns why `url` cannot be a store URL, reading variables through `environment` instead of
+/// the process environment.
 fn store_url_error_with(url: &str, environment: &dyn Fn(&str) -> Option<String>) -> Option<String> {
     if url.starts_with("sqlite:") {
         return sqlite_url_error(url);
@@ -137,12 +138,14 @@ fn postgres_url_error(url: &str, environment: &dyn Fn(&str) -> Option<String>) -
                 .to_owned(),
         );
     }
-    let (mut has_cert, mut has_key) = (false, false);
     let mut seen: Vec<String> = Vec::new();
+    let mut url_ssl_mode = None;
+    let mut socket_host = parsed
+        .host_str()
+        .is_some_and(|host| host.to_ascii_uppercase().starts_with("%2F"));
     for (key, value) in parsed.query_pairs() {
         has_host |= key == "host" || key == "hostaddr";
-        has_cert |= key == "sslcert" || key == "ssl-cert";
-        has_key |= key == "sslkey" || key == "ssl-key";
+        socket_host |= key == "host" && value.starts_with('/');
         if let Some(problem) = parameter_error(&key, &value) {
             return Some(problem);
         }
@@ -154,46 +157,16 @@ fn postgres_url_error(url: &str, environment: &dyn Fn(&str) -> Option<String>) -
                 "connection parameter `{name}` is given more than once; give it once"
             ));
         }
+        if name == "sslmode" {
+            url_ssl_mode = Some(value.to_ascii_lowercase());
+        }
         seen.push(name);
     }
-    // Without TLS sqlx never reads the certificate files, so their variables may be stale.
-    let ssl_mode = parsed
-        .query_pairs()
-        .find(|(key, _)| canonical_parameter(key) == "sslmode")
-        .map(|(_, value)| value.into_owned())
-        .or_else(|| environment("PGSSLMODE"))
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    let without_tls = matches!(ssl_mode.as_str(), "disable" | "allow");
-    for &(variable, parameter) in POSTGRES_ENVIRONMENT {
-        let in_url = seen.iter().any(|name| name == parameter)
-            || (parameter == "port" && parsed.port().is_some());
-        let unread = without_tls && matches!(parameter, "sslrootcert" | "sslcert" | "sslkey");
-        if in_url || unread {
-            continue;
-        }
-        let Some(value) = environment(variable) else {
-            continue;
-        };
-        // libpq reads an empty variable as unset, except `PGSSLMODE`, which it rejects.
-        if value.is_empty() && variable != "PGSSLMODE" {
-            continue;
-        }
-        has_cert |= parameter == "sslcert";
-        has_key |= parameter == "sslkey";
-        if let Some(problem) = parameter_error(parameter, &value) {
-            return Some(format!(
-                "environment variable {variable}: {problem}; fix or unset {variable}, or set \
-                 `{parameter}` in the URL, which takes precedence"
-            ));
-        }
-    }
-    let socket_host = parsed
-        .host_str()
-        .is_some_and(|host| host.to_ascii_uppercase().starts_with("%2F"))
-        || parsed
-            .query_pairs()
-            .any(|(key, value)| key == "host" && value.starts_with('/'));
+    let url_port = parsed.port().is_some();
+    let from_environment = match environment_error(&seen, url_port, url_ssl_mode, environment) {
+        Ok(parameters) => parameters,
+        Err(problem) => return Some(problem),
+    };
     if socket_host && seen.iter().any(|name| name == "hostaddr") {
         // libpq would connect to `hostaddr` over TCP, while sqlx uses the socket.
         return Some(
@@ -205,7 +178,10 @@ fn postgres_url_error(url: &str, environment: &dyn Fn(&str) -> Option<String>) -
     if !has_host {
         return Some(format!("it names no host; expected {POSTGRES_FORM}"));
     }
-    if has_cert != has_key {
+    let is_set = |parameter: &str| {
+        seen.iter().any(|name| name == parameter) || from_environment.contains(&parameter)
+    };
+    if is_set("sslcert") != is_set("sslkey") {
         return Some(
             "a client certificate needs both `sslcert` and `sslkey`, from the URL or from \
              PGSSLCERT and PGSSLKEY; set both or neither"
@@ -213,6 +189,45 @@ fn postgres_url_error(url: &str, environment: &dyn Fn(&str) -> Option<String>) -
         );
     }
     None
+}
+
+/// Checks the variables of [`POSTGRES_ENVIRONMENT`] that sqlx would read, given the parameters
+/// `in_url` names, and returns the parameters that they set.
+fn environment_error(
+    in_url: &[String],
+    url_port: bool,
+    url_ssl_mode: Option<String>,
+    environment: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<&'static str>, String> {
+    // Without TLS sqlx never reads the certificate files, so their variables may be stale.
+    let ssl_mode = url_ssl_mode
+        .or_else(|| environment("PGSSLMODE").map(|mode| mode.to_ascii_lowercase()))
+        .unwrap_or_default();
+    let without_tls = matches!(ssl_mode.as_str(), "disable" | "allow");
+    let mut set = Vec::new();
+    for &(variable, parameter) in POSTGRES_ENVIRONMENT {
+        let overridden =
+            in_url.iter().any(|name| name == parameter) || (parameter == "port" && url_port);
+        let unread = without_tls && matches!(parameter, "sslrootcert" | "sslcert" | "sslkey");
+        if overridden || unread {
+            continue;
+        }
+        let Some(value) = environment(variable) else {
+            continue;
+        };
+        // libpq reads an empty variable as unset, except `PGSSLMODE`, which it rejects.
+        if value.is_empty() && variable != "PGSSLMODE" {
+            continue;
+        }
+        if let Some(problem) = parameter_error(parameter, &value) {
+            return Err(format!(
+                "environment variable {variable}: {problem}; fix or unset {variable}, or set \
+                 `{parameter}` in the URL, which takes precedence"
+            ));
+        }
+        set.push(parameter);
+    }
+    Ok(set)
 }
 
 fn parameter_error(key: &str, value: &str) -> Option<String> {
@@ -425,12 +440,15 @@ mod tests {
         }
     }
 
+    const PLAIN_URL: &str = "postgres://app:pw@db/history";
+
+    /// Checks `url` with one environment variable set to `value`.
+    fn error_with_variable(url: &str, variable: &str, value: &str) -> Option<String> {
+        store_url_error_with(url, &|name| (name == variable).then(|| value.to_owned()))
+    }
+
     #[test]
-    fn checks_environment_that_the_url_leaves_out() {
-        let url = "postgres://app:pw@db/history";
-        let with = |name: &'static str, value: &'static str| {
-            move |variable: &str| (variable == name).then(|| value.to_owned())
-        };
+    fn bad_environment_values_are_named() {
         let cases = [
             (
                 "PGSSLMODE",
@@ -448,57 +466,63 @@ mod tests {
                 "-----BEGIN PRIVATE KEY-----secret",
                 "environment variable PGSSLKEY: `sslkey` is PEM text",
             ),
+            // A value that is not UTF-8 arrives in its lossy form.
+            (
+                "PGSSLMODE",
+                "verify-full\u{FFFD}",
+                "environment variable PGSSLMODE: unknown sslmode",
+            ),
         ];
         for (variable, value, expected) in cases {
-            let message = store_url_error_with(url, &with(variable, value)).expect(variable);
+            let message = error_with_variable(PLAIN_URL, variable, value).expect(variable);
             assert!(message.contains(expected), "{variable}: {message}");
             assert!(!message.contains("secret"), "{variable}: {message}");
         }
+        let valid = error_with_variable(PLAIN_URL, "PGSSLMODE", "verify-full");
+        assert_eq!(valid, None);
+    }
 
-        // A parameter in the URL wins over the environment, as in sqlx.
-        let in_url = "postgres://app:pw@db/history?sslmode=require";
+    #[test]
+    fn url_parameters_override_environment() {
+        let with_mode = "postgres://app:pw@db/history?sslmode=require";
         assert_eq!(
-            store_url_error_with(in_url, &with("PGSSLMODE", "verify_full")),
+            error_with_variable(with_mode, "PGSSLMODE", "verify_full"),
             None
         );
-        assert_eq!(
-            store_url_error_with(url, &with("PGSSLMODE", "verify-full")),
-            None
-        );
 
-        // libpq reads an empty variable as unset, except PGSSLMODE.
-        assert_eq!(store_url_error_with(url, &with("PGPORT", "")), None);
-        assert_eq!(store_url_error_with(url, &with("PGSSLROOTCERT", "")), None);
-        let message = store_url_error_with(url, &with("PGSSLMODE", "")).unwrap();
+        let with_port = "postgres://app:pw@db:5433/history";
+        assert_eq!(error_with_variable(with_port, "PGPORT", "54x2"), None);
+
+        // Without TLS sqlx never reads the certificate variables.
+        let without_tls = "postgres://app:pw@db/history?sslmode=disable";
+        let stale_ca = error_with_variable(without_tls, "PGSSLROOTCERT", "/no/such/ca.pem");
+        assert_eq!(stale_ca, None);
+        let read_ca = error_with_variable(PLAIN_URL, "PGSSLROOTCERT", "/no/such/ca.pem");
+        assert!(read_ca.is_some());
+    }
+
+    #[test]
+    fn empty_variables_count_as_unset() {
+        assert_eq!(error_with_variable(PLAIN_URL, "PGPORT", ""), None);
+        assert_eq!(error_with_variable(PLAIN_URL, "PGSSLROOTCERT", ""), None);
+
+        // libpq rejects an empty PGSSLMODE, so the gateway does too.
+        let message = error_with_variable(PLAIN_URL, "PGSSLMODE", "").unwrap();
         assert!(message.contains("PGSSLMODE"), "{message}");
+    }
 
-        // A value that is not UTF-8 arrives in its lossy form and fails.
-        let message = store_url_error_with(url, &with("PGSSLMODE", "verify-full\u{FFFD}")).unwrap();
-        assert!(message.contains("unknown sslmode"), "{message}");
-
+    #[test]
+    fn key_variable_without_certificate_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let key = pem_file(
             &dir,
             "client.key",
             "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
         );
-        let key_only = |variable: &str| (variable == "PGSSLKEY").then(|| key.clone());
-        let message = store_url_error_with(url, &key_only).unwrap();
+
+        let message = error_with_variable(PLAIN_URL, "PGSSLKEY", &key).unwrap();
+
         assert!(message.contains("PGSSLCERT and PGSSLKEY"), "{message}");
-
-        // Without TLS the certificate variables are never read.
-        let no_tls = "postgres://app:pw@db/history?sslmode=disable";
-        assert_eq!(
-            store_url_error_with(no_tls, &with("PGSSLROOTCERT", "/no/such/ca.pem")),
-            None
-        );
-        assert!(store_url_error_with(url, &with("PGSSLROOTCERT", "/no/such/ca.pem")).is_some());
-
-        let with_port = "postgres://app:pw@db:5433/history";
-        assert_eq!(
-            store_url_error_with(with_port, &with("PGPORT", "54x2")),
-            None
-        );
     }
 
     #[test]

@@ -33,7 +33,8 @@ enum StreamStart {
 pub struct ProviderClient {
     name: String,
     http: reqwest::Client,
-    /// Parsed once here: parsing it for every request took about 1% of the gateway's CPU time.
+    /// The chat-completions URL, parsed once. Parsing it for every request took about 1% of the
+    /// gateway's CPU time in a profile at 2,000 messages/s.
     endpoint: reqwest::Url,
     api_key: Option<Secret>,
     redactor: Redactor,

@@ -7,6 +7,7 @@ use super::wire::{
     ChatChunk, ChatCompletion, FunctionCall, ToolArguments, ToolCall, Usage,
     normalize_finish_reason,
 };
+use crate::store::without_nul;
 
 /// The assistant's answer to one chat-completions request.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -40,7 +41,9 @@ impl TryFrom<ChatCompletion> for Completion {
 }
 
 impl Completion {
-    /// Replaces U+0000 in every text field that the history stores, see [`without_nul`].
+    /// Replaces U+0000 with U+FFFD in every text field that the history stores, so the client
+    /// gets the same reply that the history keeps, on either store. Tool-call arguments keep
+    /// U+0000, because a tool may need the exact value.
     fn without_nul(self) -> Self {
         Self {
             content: without_nul(self.content),
@@ -60,17 +63,6 @@ impl Completion {
             usage: self.usage,
             model: self.model.map(without_nul),
         }
-    }
-}
-
-/// Replaces each NUL character (U+0000) in the model's text with U+FFFD. PostgreSQL cannot store
-/// U+0000, and the client must get the same reply that the history keeps, on either store.
-/// NOTE: tool-call arguments keep U+0000, because a tool may need the exact value.
-fn without_nul(text: String) -> String {
-    if text.contains('\0') {
-        text.replace('\0', "\u{FFFD}")
-    } else {
-        text
     }
 }
 

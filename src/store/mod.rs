@@ -245,6 +245,16 @@ pub async fn open(config: &StoreConfig) -> Result<Arc<dyn HistoryStore>, StoreEr
     Ok(Arc::new(SqliteStore::open(config).await?))
 }
 
+/// Returns `text` with U+FFFD in place of each NUL character (U+0000), which PostgreSQL's `text`
+/// and `jsonb` cannot store. Text without one is returned as it is, without a copy.
+pub fn without_nul(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text
+    }
+}
+
 /// Returns whether a store URL names a PostgreSQL database.
 pub fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")

@@ -110,30 +110,49 @@ type H2Client = (
     tokio::task::JoinHandle<Result<(), h2::Error>>,
 );
 
-/// Opens an HTTP/2 connection with prior knowledge and sends `GET /health` on it.
-async fn h2_connection_after_one_request(gateway: &TestGateway) -> H2Client {
+/// Opens an HTTP/2 connection to the gateway with prior knowledge. The client acknowledges every
+/// PING the gateway sends.
+async fn h2_client(gateway: &TestGateway) -> H2Client {
     let stream = TcpStream::connect(gateway.addr).await.unwrap();
-    let (mut sender, connection) = h2::client::handshake(stream).await.unwrap();
+    let (sender, connection) = h2::client::handshake(stream).await.unwrap();
     let driver = tokio::spawn(connection);
-    let request = http::Request::get(gateway.url("/health")).body(()).unwrap();
-    let (response, _) = sender.send_request(request, true).unwrap();
-    let response = response.await.unwrap();
-    assert_eq!(response.status(), 200);
-    let mut body = response.into_body();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.unwrap();
-        body.flow_control().release_capacity(chunk.len()).unwrap();
+    (sender.ready().await.unwrap(), driver)
+}
+
+/// Sends `request` with `body` on `sender` and returns the status and the whole response body.
+async fn h2_exchange(
+    sender: &mut h2::client::SendRequest<bytes::Bytes>,
+    request: http::Request<()>,
+    body: &'static str,
+) -> (http::StatusCode, String) {
+    let (response, mut upload) = sender.send_request(request, body.is_empty()).unwrap();
+    if !body.is_empty() {
+        upload.send_data(body.into(), true).unwrap();
     }
-    (sender, driver)
+    let response = response.await.unwrap();
+    let status = response.status();
+    let mut stream = response.into_body();
+    let mut received = Vec::new();
+    while let Some(chunk) = stream.data().await {
+        let chunk = chunk.unwrap();
+        stream.flow_control().release_capacity(chunk.len()).unwrap();
+        received.extend_from_slice(&chunk);
+    }
+    (status, String::from_utf8(received).unwrap())
+}
+
+fn health_request(gateway: &TestGateway) -> http::Request<()> {
+    http::Request::get(gateway.url("/health")).body(()).unwrap()
 }
 
 #[tokio::test]
 async fn idle_h2_connection_is_closed() {
     let (_provider, gateway) = gateway_with_short_timeouts().await;
-    let (sender, driver) = h2_connection_after_one_request(&gateway).await;
+    let (mut sender, driver) = h2_client(&gateway).await;
+    let (status, _) = h2_exchange(&mut sender, health_request(&gateway), "").await;
+    assert_eq!(status, 200);
 
-    // The client acknowledges every PING, sent each 300 ms, and keeps its sender, so only the
-    // 1 s idle timeout can end the connection.
+    // The client keeps its sender, so only the 1 s idle timeout can end the connection.
     let ended = tokio::time::timeout(SAFETY_NET, driver).await;
     let result = ended
         .expect("the gateway closed the idle connection")
@@ -148,16 +167,12 @@ async fn idle_h2_connection_is_closed() {
 #[tokio::test]
 async fn busy_h2_connection_stays_open() {
     let (_provider, gateway) = gateway_with_short_timeouts().await;
-    let stream = TcpStream::connect(gateway.addr).await.unwrap();
-    let (sender, connection) = h2::client::handshake(stream).await.unwrap();
-    let driver = tokio::spawn(connection);
-    let mut sender = sender.ready().await.unwrap();
+    let (mut sender, driver) = h2_client(&gateway).await;
 
     // A request every 300 ms for 2.4 s, more than twice the idle timeout, on one connection.
     for _ in 0..8 {
-        let request = http::Request::get(gateway.url("/health")).body(()).unwrap();
-        let (response, _) = sender.send_request(request, true).unwrap();
-        assert_eq!(response.await.unwrap().status(), 200);
+        let (status, _) = h2_exchange(&mut sender, health_request(&gateway), "").await;
+        assert_eq!(status, 200);
         sender = sender.ready().await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -168,41 +183,27 @@ async fn busy_h2_connection_stays_open() {
 async fn h2_stream_longer_than_idle_timeout_keeps_connection() {
     let (provider, gateway) = gateway_with_short_timeouts().await;
     // Two events 1.5 s apart: the reply streams for longer than the 1 s idle timeout.
-    let body = sse_body(&["slow ", "reply"]);
-    let cut = body.find("\n\n").unwrap() + 2;
+    let events = sse_body(&["slow ", "reply"]);
+    let cut = events.find("\n\n").unwrap() + 2;
     provider.push(Reply::Stream {
-        pieces: vec![body[..cut].into(), body[cut..].into()],
+        pieces: vec![events[..cut].into(), events[cut..].into()],
         pause: Duration::from_millis(1500),
     });
-    let stream = TcpStream::connect(gateway.addr).await.unwrap();
-    let (sender, connection) = h2::client::handshake(stream).await.unwrap();
-    let driver = tokio::spawn(connection);
-    let mut sender = sender.ready().await.unwrap();
+    let (mut sender, driver) = h2_client(&gateway).await;
 
     let request = http::Request::post(gateway.url("/v1/messages"))
         .header("content-type", "application/json")
         .header("accept", "text/event-stream")
         .body(())
         .unwrap();
-    let (response, mut upload) = sender.send_request(request, false).unwrap();
     let message = r#"{"session_id":"s1","user_id":"u1","text":"hi"}"#;
-    upload.send_data(message.into(), true).unwrap();
-    let response = response.await.unwrap();
-    assert_eq!(response.status(), 200);
-    let mut events = response.into_body();
-    let mut received = Vec::new();
-    while let Some(chunk) = events.data().await {
-        let chunk = chunk.unwrap();
-        events.flow_control().release_capacity(chunk.len()).unwrap();
-        received.extend_from_slice(&chunk);
-    }
-    let received = String::from_utf8(received).unwrap();
+    let (status, received) = h2_exchange(&mut sender, request, message).await;
+    assert_eq!(status, 200);
     assert!(received.contains("event: done"), "{received}");
 
     // The stream counted as a request in flight, so the connection still takes requests.
     let mut sender = sender.ready().await.unwrap();
-    let request = http::Request::get(gateway.url("/health")).body(()).unwrap();
-    let (response, _) = sender.send_request(request, true).unwrap();
-    assert_eq!(response.await.unwrap().status(), 200);
+    let (status, _) = h2_exchange(&mut sender, health_request(&gateway), "").await;
+    assert_eq!(status, 200);
     assert!(!driver.is_finished());
 }

@@ -139,13 +139,19 @@ fn check_config_fails_on_missing_file() {
     assert!(stderr.contains("/nonexistent/xiaomaolv.toml"), "{stderr}");
 }
 
-#[test]
-fn port_in_use_stops_before_store_opens() {
-    let busy_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = busy_listener.local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
+/// Holds a port of 127.0.0.1 and returns the listener, the port and a config that binds it.
+fn config_with_busy_port() -> (std::net::TcpListener, u16, String) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
     let text = config_for("http://127.0.0.1:9/v1", "")
         .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    (listener, port, text)
+}
+
+#[test]
+fn port_in_use_stops_before_store_opens() {
+    let (_busy_listener, port, text) = config_with_busy_port();
+    let dir = tempfile::tempdir().unwrap();
     let path = write_config(&dir, &text);
 
     let output = Command::new(binary())
@@ -191,11 +197,8 @@ fn json_fatal_line(dir: &tempfile::TempDir, config: &str, env: &[(&str, &str)]) 
 
 #[test]
 fn fatal_error_logs_as_json() {
-    let busy_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = busy_listener.local_addr().unwrap().port();
+    let (_busy_listener, port, text) = config_with_busy_port();
     let dir = tempfile::tempdir().unwrap();
-    let text = config_for("http://127.0.0.1:9/v1", "")
-        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     let expected = format!("cannot listen on 127.0.0.1:{port}");
 
     // A RUST_LOG filter that drops every event must not hide the error.

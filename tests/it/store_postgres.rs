@@ -274,7 +274,7 @@ async fn nul_character_turn_stores_nothing() {
 }
 
 #[tokio::test]
-async fn nul_in_tool_records_is_stored_replaced() {
+async fn tool_record_nul_becomes_replacement() {
     let url = fresh_database().await;
     let store = store::open(&config(&url)).await.unwrap();
     let mut new_turn = turn("s1", "t1", "run it", "done", None);
@@ -353,7 +353,7 @@ async fn gateway_stores_turns_in_postgres() {
 }
 
 #[tokio::test]
-async fn nul_in_model_reply_is_replaced_and_stored() {
+async fn model_reply_nul_becomes_replacement() {
     let url = fresh_database().await;
     let fake = FakeOpenAi::start().await;
     fake.push(Reply::text("before\u{0}after"));

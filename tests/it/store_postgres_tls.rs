@@ -97,14 +97,18 @@ async fn verify_full_rejects_server_of_other_ca() {
     assert!(!format!("{error:?}").contains(PASSWORD));
 }
 
-#[tokio::test]
-async fn verify_full_rejects_unnamed_address() {
-    // The certificate names only `localhost`, and the URL names the server by its address.
+/// Opens a store with `sslmode` and the cluster's CA on the URL that names the server by its
+/// address, which the certificate does not name, and returns the error.
+async fn open_error_by_address(sslmode: &str) -> String {
     let url = fresh_database().await;
     let ca = pg::cluster().ca_file.display().to_string();
-    let url = format!("{url}?sslmode=verify-full&sslrootcert={ca}");
+    let url = format!("{url}?sslmode={sslmode}&sslrootcert={ca}");
+    store::open(&config(&url)).await.err().unwrap().to_string()
+}
 
-    let message = store::open(&config(&url)).await.err().unwrap().to_string();
+#[tokio::test]
+async fn verify_full_rejects_unnamed_address() {
+    let message = open_error_by_address("verify-full").await;
 
     assert!(message.contains("not valid for name"), "{message}");
 }
@@ -123,11 +127,7 @@ async fn verify_ca_also_checks_host_name() {
     // libpq's verify-ca skips the host name check. sqlx 0.8.6 with this rustls checks it, so the
     // gateway connects only to a server whose certificate names the host in the URL. When an
     // upgrade of sqlx fixes that, this test fails, and docs/store.md needs the change too.
-    let url = fresh_database().await;
-    let ca = pg::cluster().ca_file.display().to_string();
-    let url = format!("{url}?sslmode=verify-ca&sslrootcert={ca}");
-
-    let message = store::open(&config(&url)).await.err().unwrap().to_string();
+    let message = open_error_by_address("verify-ca").await;
 
     assert!(message.contains("not valid for name"), "{message}");
 }

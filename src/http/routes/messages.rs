@@ -32,7 +32,8 @@ pub struct MessageBody {
     session_id: String,
     user_id: String,
     text: String,
-    /// `None` when the body leaves it out; then the `Accept` header decides.
+    /// Whether to stream the reply. `None` when the body leaves it out, so the `Accept` header
+    /// decides.
     #[serde(default)]
     stream: Option<bool>,
 }

@@ -1,12 +1,10 @@
 //! Saving a turn: every row in one transaction, under the session's advisory lock.
 
-use std::borrow::Cow;
-
 use serde_json::Value;
 use sqlx::PgConnection;
 use sqlx::postgres::PgPool;
 
-use crate::store::{NewTurn, StoreError, origin_to_str, status_to_str};
+use crate::store::{NewTurn, StoreError, origin_to_str, status_to_str, without_nul};
 
 /// First key of the session advisory locks. Two-key locks never collide with the one-key lock of
 /// sqlx's migrations, and this fixed value keeps them apart from the two-key locks of other
@@ -53,7 +51,7 @@ pub(super) async fn save_turn(pool: &PgPool, turn: &NewTurn) -> Result<(), Store
 }
 
 // PostgreSQL's `text` and `jsonb` reject the NUL character (U+0000), which SQLite stores. The HTTP
-// route refuses it in user text and the provider client replaces it in the model's text. Tool
+// route rejects it in user text and the provider client replaces it in the model's text. Tool
 // calls and code-mode records can still carry one, from a tool's output or the model's
 // arguments, so this writer stores U+FFFD in its place there.
 async fn insert_turn(connection: &mut PgConnection, turn: &NewTurn) -> sqlx::Result<()> {
@@ -109,12 +107,12 @@ async fn insert_tool_calls(connection: &mut PgConnection, turn: &NewTurn) -> sql
             .bind(&turn.session_id)
             .bind(&turn.turn_id)
             .bind(i32::try_from(seq).unwrap_or(i32::MAX))
-            .bind(without_nul(&call.name))
-            .bind(call.server.as_deref().map(without_nul))
-            .bind(call.tool.as_deref().map(without_nul))
+            .bind(without_nul(call.name.clone()))
+            .bind(call.server.clone().map(without_nul))
+            .bind(call.tool.clone().map(without_nul))
             .bind(jsonb_text(&call.arguments))
             .bind(status_to_str(call.status))
-            .bind(call.error.as_deref().map(without_nul))
+            .bind(call.error.clone().map(without_nul))
             .bind(saturating_i64(call.duration_ms))
             .bind(call.truncated)
             .bind(origin_to_str(call.origin))
@@ -122,15 +120,6 @@ async fn insert_tool_calls(connection: &mut PgConnection, turn: &NewTurn) -> sql
             .await?;
     }
     Ok(())
-}
-
-/// Returns `text` with U+FFFD in place of each U+0000.
-fn without_nul(text: &str) -> Cow<'_, str> {
-    if text.contains('\0') {
-        Cow::Owned(text.replace('\0', "\u{FFFD}"))
-    } else {
-        Cow::Borrowed(text)
-    }
 }
 
 /// Returns `value` as JSON text for a `jsonb` column, with U+FFFD in place of each U+0000 in its
@@ -148,18 +137,14 @@ fn jsonb_text(value: &Value) -> String {
 
 fn replace_nul(value: &mut Value) {
     match value {
-        Value::String(text) => {
-            if let Cow::Owned(replaced) = without_nul(text) {
-                *text = replaced;
-            }
-        }
+        Value::String(text) => *text = without_nul(std::mem::take(text)),
         Value::Array(items) => items.iter_mut().for_each(replace_nul),
         Value::Object(map) => {
             *map = std::mem::take(map)
                 .into_iter()
                 .map(|(key, mut item)| {
                     replace_nul(&mut item);
-                    (without_nul(&key).into_owned(), item)
+                    (without_nul(key), item)
                 })
                 .collect();
         }
