@@ -5,10 +5,10 @@
 #
 # The floors are two modes of the `bench_floor` example. "proxy" forwards each message to the fake
 # model with the gateway's HTTP crates and no store. "sqlite" also reads the history and writes
-# the turn in SQLite on the runtime thread, and it never checkpoints. Each repeat measures, one
-# after another, the fake alone and then each target at the same rate (oha --latency-correction
-# -c 64), every target on a new database and after a warm-up. Added latency is the target's
-# percentile minus the fake's, from the run right before it.
+# the turn in SQLite on the runtime thread, and it never checkpoints. Each repeat takes the
+# targets in turn, and for each one measures the fake alone and then that target at the same rate
+# (oha --latency-correction -c 64), on a new database after a warm-up. Added latency is the
+# target's percentile minus the fake's, from the run right before it.
 #
 # Settings, from the environment:
 #   FLOOR_RATE        requests/s (default 2000)
@@ -16,7 +16,8 @@
 #   FLOOR_WARMUP_S    warm-up of each target, in seconds (default 6)
 #   FLOOR_REPEATS     repeats of the whole series (default 3)
 #   FLOOR_TARGETS     targets in the order they run (default "proxy sqlite gateway")
-#   FLOOR_WORK_DIR    scratch directory, emptied at start (default /tmp/xiaomaolv-floor)
+#   FLOOR_WORK_DIR    scratch directory, deleted and made again at start and kept afterwards with
+#                     the raw oha output (default /tmp/xiaomaolv-floor)
 #   BENCH_BINARY      gateway binary (default target/release/xiaomaolv)
 #   BENCH_SKIP_BUILD  set to 1 to use the binaries already built
 #
@@ -57,9 +58,21 @@ trap cleanup EXIT
 for tool in nginx oha curl python3; do
     command -v "$tool" >/dev/null || { log "error: $tool is not installed"; exit 1; }
 done
+for name in $targets; do
+    case $name in
+        proxy | sqlite | gateway) ;;
+        *) log "error: unknown target '$name' in FLOOR_TARGETS; use proxy, sqlite or gateway"; exit 1 ;;
+    esac
+done
 if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
     (cd "$root" && cargo build --release --bin xiaomaolv --example bench_floor)
 fi
+for binary in "$gateway" "$floor"; do
+    if [ ! -x "$binary" ]; then
+        log "error: $binary is not an executable file; build it, or unset BENCH_SKIP_BUILD and BENCH_BINARY"
+        exit 1
+    fi
+done
 
 rm -rf "$work_dir"
 mkdir -p "$work_dir/nginx"
@@ -103,7 +116,7 @@ base_url = "$model"
 model = "fake"
 EOF
             command=("$gateway" serve --config "$data/gateway.toml") ;;
-        *) log "error: unknown target $name (use proxy, sqlite or gateway)"; exit 1 ;;
+        *) log "error: unknown target $name"; exit 1 ;;
     esac
     "${command[@]}" > "$work_dir/$name.log" 2>&1 &
     target_pid=$!
@@ -149,7 +162,7 @@ fake, target = load("fake"), load("target")
 cpu_ms = int(ticks) * 1000 / int(hz) / (int(rate) * int(seconds))
 print("\t".join([repeat, name] + ["%.3f" % v for v in (
     fake[0], fake[1], target[0], target[1], target[2],
-    target[0] - fake[0], target[1] - fake[1], cpu_ms)] + [str(target[3])]))
+    target[0] - fake[0], target[1] - fake[1], cpu_ms)] + [str(fake[3]), str(target[3])]))
 EOF
         tail -n 1 "$rows" >&2
     done
@@ -158,16 +171,17 @@ done
 python3 - "$rows" "$rate" <<'EOF'
 import statistics, sys
 rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1])]
+print("Latency in ms. Failed counts non-200 responses and errors of the fake run, then the target run.")
 print(f"| repeat | target | fake p50 / p99 | target p50 / p99 / p99.9 | added p50 / p99 "
-      f"| CPU ms per request | failed |")
+      f"| CPU ms per message | failed |")
 print("|---|---|---|---|---|---|---|")
 for r in rows:
     print(f"| {r[0]} | {r[1]} | {r[2]} / {r[3]} | {r[4]} / {r[5]} / {r[6]} | {r[7]} / {r[8]} "
-          f"| {r[9]} | {r[10]} |")
+          f"| {r[9]} | {r[10]} / {r[11]} |")
 print()
 print(f"Median added p99 at {sys.argv[2]}/s:")
 for name in dict.fromkeys(r[1] for r in rows):
     values = [float(r[8]) for r in rows if r[1] == name]
     print(f"  {name}: {statistics.median(values):.3f} ms "
-          f"[{min(values):.3f}-{max(values):.3f}] over {len(values)} repeats")
+          f"[{min(values):.3f}-{max(values):.3f}], repeats: {len(values)}")
 EOF
