@@ -88,7 +88,8 @@ awk -v count=$((rate * (duration_s + warmup_s) * 10)) 'BEGIN { for (i = 1; i <= 
     printf "{\"session_id\":\"floor-%d\",\"user_id\":\"bench\",\"text\":\"ping\"}\n", i }' \
     > "$work_dir/bodies"
 
-# run_oha NAME SECONDS URL: one open-loop run, its JSON summary in $work_dir/NAME.json.
+# run_oha NAME SECONDS URL runs oha once at the open-loop rate and writes its JSON summary to
+# $work_dir/NAME.json.
 run_oha() {
     oha --no-tui -q "$rate" --latency-correction -c 64 -z "${2}s" \
         --wait-ongoing-requests-after-deadline -m POST -T application/json \

@@ -54,7 +54,7 @@ struct Floor {
 
 type Failure = (StatusCode, String);
 
-fn failed(err: impl std::fmt::Display) -> Failure {
+fn bad_gateway(err: impl std::fmt::Display) -> Failure {
     (StatusCode::BAD_GATEWAY, err.to_string())
 }
 
@@ -63,7 +63,7 @@ async fn message(
     Json(message): Json<Message>,
 ) -> Result<Json<Value>, Failure> {
     let mut messages = match &floor.history {
-        Some(history) => recent(history, &message.session_id).map_err(failed)?,
+        Some(history) => recent(history, &message.session_id).map_err(bad_gateway)?,
         None => Vec::new(),
     };
     messages.push(json!({"role": "user", "content": message.text}));
@@ -73,16 +73,16 @@ async fn message(
         .json(&json!({"model": "fake", "messages": messages}))
         .send()
         .await
-        .map_err(failed)?
+        .map_err(bad_gateway)?
         .json()
         .await
-        .map_err(failed)?;
+        .map_err(bad_gateway)?;
     let reply = completion["choices"][0]["message"]["content"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
     if let Some(history) = &floor.history {
-        save(history, &message, &reply).map_err(failed)?;
+        save(history, &message, &reply).map_err(bad_gateway)?;
     }
     Ok(Json(
         json!({"session_id": message.session_id, "reply": reply}),

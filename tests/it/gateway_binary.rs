@@ -33,6 +33,17 @@ model = "fake-model"
     )
 }
 
+/// Runs the binary with `args` in `dir`, with only `env` in its environment.
+fn run_in(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(binary())
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
 fn check_config(path: &str, env: &[(&str, &str)]) -> (i32, String, String) {
     let mut command = Command::new(binary());
     command.arg("check-config").arg(path).env_clear();
@@ -53,13 +64,7 @@ fn check_config_without_file_reads_what_serve_reads() {
     let text = config_for("http://127.0.0.1:9/v1", "").replace("[app]", "[app]\nbogus_key = 1");
     write_config(&dir, &text);
     let run = |env: &[(&str, &str)]| {
-        let output = Command::new(binary())
-            .arg("check-config")
-            .current_dir(dir.path())
-            .env_clear()
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
+        let output = run_in(dir.path(), &["check-config"], env);
         let stderr = String::from_utf8(output.stderr).unwrap();
         (output.status.code().unwrap(), stderr)
     };
@@ -177,13 +182,8 @@ fn port_in_use_stops_before_store_opens() {
 /// and returns the last one, which must report the error that stopped it.
 fn json_fatal_line(dir: &tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Value {
     let path = write_config(dir, config);
-    let output = Command::new(binary())
-        .args(["serve", "--log-format", "json", "--config", &path])
-        .current_dir(dir.path())
-        .env_clear()
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
+    let args = ["serve", "--log-format", "json", "--config", &path];
+    let output = run_in(dir.path(), &args, env);
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     let lines: Vec<Value> = stderr
