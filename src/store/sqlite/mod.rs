@@ -14,6 +14,7 @@ mod checkpoint;
 mod connect;
 mod fault;
 mod file_identity;
+mod idle_copier;
 mod reader;
 mod writer;
 
@@ -28,6 +29,7 @@ use super::{
     HistoryStore, MessagePage, NewTurn, PageRequest, StoreError, StoredMessage, WriteFailure,
 };
 use crate::config::StoreConfig;
+use checkpoint::CheckpointConnections;
 use connect::Location;
 use file_identity::FileIdentity;
 use reader::{ReadJob, ReadPool};
@@ -135,9 +137,15 @@ async fn open_readers(
 async fn open_checkpointer(
     location: &Location,
     busy_timeout: std::time::Duration,
-) -> Result<Connection, StoreError> {
+) -> Result<CheckpointConnections, StoreError> {
     let location = location.clone();
-    blocking(move || connect::checkpointer(&location, busy_timeout)).await
+    blocking(move || {
+        Ok(CheckpointConnections {
+            own: connect::checkpointer(&location, busy_timeout)?,
+            idle: connect::checkpointer(&location, busy_timeout)?,
+        })
+    })
+    .await
 }
 
 /// Runs blocking setup work, such as opening a database file, off the async workers.

@@ -20,7 +20,9 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode, params};
 use tokio::sync::oneshot;
 
-use super::checkpoint::{self, COMMITS_PER_CHECKPOINT, Checkpointer, Restart};
+use super::checkpoint::{
+    self, COMMITS_PER_CHECKPOINT, CheckpointConnections, Checkpointer, Restart,
+};
 use super::fault::write_fault;
 use super::reader::ReadJob;
 use crate::store::write_health::WriteHealth;
@@ -96,12 +98,12 @@ impl std::fmt::Debug for Writer {
 
 impl Writer {
     /// Starts the writer thread on `connection`, whose busy timeout is `busy_timeout`. With
-    /// `checkpoint_connection`, it also starts the checkpointer on that connection and nudges it
-    /// every [`COMMITS_PER_CHECKPOINT`] commits. Every commit's outcome goes to `health`.
+    /// `checkpoint_connections`, it also starts the checkpointer on them and nudges it every
+    /// [`COMMITS_PER_CHECKPOINT`] commits. Every commit's outcome goes to `health`.
     pub(super) fn start(
         connection: Connection,
         busy_timeout: Duration,
-        checkpoint_connection: Option<Connection>,
+        checkpoint_connections: Option<CheckpointConnections>,
         health: Arc<WriteHealth>,
     ) -> std::io::Result<Self> {
         let (commands, queue) = flume::unbounded();
@@ -110,9 +112,10 @@ impl Writer {
             thread_busy_timeout: busy_timeout,
             busy_timeout,
         }));
-        let checkpoints = match checkpoint_connection {
-            Some(own) => {
-                let checkpointer = checkpoint::spawn(own, restart_on(Arc::clone(&connection)))?;
+        let checkpoints = match checkpoint_connections {
+            Some(connections) => {
+                let checkpointer =
+                    checkpoint::spawn(connections, restart_on(Arc::clone(&connection)))?;
                 Some(Arc::new(Checkpoints {
                     checkpointer,
                     commits: AtomicU32::new(0),
