@@ -163,7 +163,9 @@ fn checkpoint(
     let log = restart()?;
     Ok(Checkpointed {
         log,
-        // A restart that found the checkpoint lock taken, by a late copy, did nothing.
+        // A restart that found the checkpoint lock taken, by a late copy, did nothing, so the next
+        // round may try again. One that SQLite reports busy because a reader kept it from
+        // starting the log again still counts, so that restarts stay `RESTART_INTERVAL` apart.
         restarted: !log.busy(),
     })
 }
