@@ -73,14 +73,7 @@ pub(super) fn spawn(
     let own = connections.own;
     thread::Builder::new()
         .name("store-checkpoint".to_owned())
-        .spawn(move || {
-            let mut passive = Passive {
-                connection: &own,
-                copier: Some(copier),
-                copy_here_until: None,
-            };
-            run(&mut passive, &restart, &wakes, &pending);
-        })?;
+        .spawn(move || run(&mut Passive::new(&own, copier), &restart, &wakes, &pending))?;
     Ok(Checkpointer {
         nudges,
         restart_pending,
@@ -178,34 +171,43 @@ const COPY_DEADLINE: Duration = Duration::from_millis(250);
 
 /// How long the checkpointer thread copies itself, at normal priority, after the idle copier
 /// missed a deadline, before it tries the copier again.
-const COPY_HERE_SPELL: Duration = Duration::from_secs(10);
+const NORMAL_PRIORITY_SPELL: Duration = Duration::from_secs(10);
 
-/// Runs the passive checkpoints, on the idle copier unless it missed a deadline lately.
+/// The runner of the checkpointer thread's passive checkpoints, which uses the idle copier unless
+/// the copier missed a deadline lately.
 struct Passive<'a> {
     /// The checkpointer thread's own connection.
     connection: &'a Connection,
     /// `None` after the copier thread stopped.
     copier: Option<IdleCopier>,
-    /// Until this time the checkpointer thread copies itself.
-    copy_here_until: Option<Instant>,
+    /// Time until which the checkpointer thread copies at normal priority itself.
+    normal_priority_until: Option<Instant>,
 }
 
-impl Passive<'_> {
+impl<'a> Passive<'a> {
+    fn new(connection: &'a Connection, copier: IdleCopier) -> Self {
+        Self {
+            connection,
+            copier: Some(copier),
+            normal_priority_until: None,
+        }
+    }
+
     /// Runs one passive checkpoint and returns the state of the log after it. While a late copy
     /// still holds SQLite's checkpoint lock, the checkpoint finds it busy and copies nothing.
     fn run(&mut self) -> rusqlite::Result<LogState> {
         let now = Instant::now();
-        let copier_due = self.copy_here_until.is_none_or(|until| now >= until);
+        let copier_due = self.normal_priority_until.is_none_or(|until| now >= until);
         if copier_due && let Some(copier) = self.copier.as_mut() {
             match copier.copy(COPY_DEADLINE) {
                 Copy::Done(outcome) => return outcome,
                 Copy::Late => {
                     tracing::info!(
                         deadline_ms = COPY_DEADLINE.as_millis(),
-                        normal_priority_s = COPY_HERE_SPELL.as_secs(),
+                        normal_priority_s = NORMAL_PRIORITY_SPELL.as_secs(),
                         "The idle checkpoint copier missed its deadline, so the checkpointer copies at normal priority for a while."
                     );
-                    self.copy_here_until = Some(now + COPY_HERE_SPELL);
+                    self.normal_priority_until = Some(now + NORMAL_PRIORITY_SPELL);
                 }
                 Copy::Stopped => {
                     tracing::warn!(
@@ -337,22 +339,18 @@ mod tests {
     }
 
     #[test]
-    fn late_copier_leaves_copy_here() {
+    fn late_copier_hands_copying_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log.db");
         let _writer = database_with_log(&path);
         let own = open(&path);
-        let (copier, jobs, _results) = IdleCopier::detached(&own);
-        let mut passive = Passive {
-            connection: &own,
-            copier: Some(copier),
-            copy_here_until: None,
-        };
+        let (copier, jobs, _results) = IdleCopier::with_channels(&own);
+        let mut passive = Passive::new(&own, copier);
 
         let log = passive.run().unwrap();
         assert!(log.pages > 0, "{log:?}");
         assert!(log.all_copied(), "{log:?}");
-        assert!(passive.copy_here_until.is_some());
+        assert!(passive.normal_priority_until.is_some());
         assert_eq!(jobs.len(), 1);
 
         // Until the spell ends, the next pass sends the copier no request.
@@ -362,18 +360,14 @@ mod tests {
     }
 
     #[test]
-    fn stopped_copier_leaves_copy_here() {
+    fn stopped_copier_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log.db");
         let _writer = database_with_log(&path);
         let own = open(&path);
-        let (copier, jobs, results) = IdleCopier::detached(&own);
+        let (copier, jobs, results) = IdleCopier::with_channels(&own);
         drop((jobs, results));
-        let mut passive = Passive {
-            connection: &own,
-            copier: Some(copier),
-            copy_here_until: None,
-        };
+        let mut passive = Passive::new(&own, copier);
 
         let log = passive.run().unwrap();
         assert!(log.pages > 0, "{log:?}");
@@ -387,16 +381,12 @@ mod tests {
         let path = dir.path().join("log.db");
         let _writer = database_with_log(&path);
         let own = open(&path);
-        let mut passive = Passive {
-            connection: &own,
-            copier: Some(IdleCopier::spawn(open(&path)).unwrap()),
-            copy_here_until: None,
-        };
+        let mut passive = Passive::new(&own, IdleCopier::spawn(open(&path)).unwrap());
 
         let log = passive.run().unwrap();
         assert!(log.pages > 0, "{log:?}");
         assert!(log.all_copied(), "{log:?}");
-        assert!(passive.copy_here_until.is_none());
+        assert!(passive.normal_priority_until.is_none());
     }
 
     #[test]
@@ -452,11 +442,7 @@ mod tests {
         };
 
         let own = open(&path);
-        let mut passive = Passive {
-            connection: &own,
-            copier: Some(IdleCopier::spawn(open(&path)).unwrap()),
-            copy_here_until: None,
-        };
+        let mut passive = Passive::new(&own, IdleCopier::spawn(open(&path)).unwrap());
         assert!(
             checkpoint(&mut passive, &restart, RESTART_INTERVAL)
                 .unwrap()

@@ -4,9 +4,8 @@
 //! messages/s on the 2-vCPU benchmark machine the checkpointer ran for 0.6 to 1.9 ms at a time.
 //! At normal priority it preempted the gateway's runtime thread and kept it waiting on that CPU
 //! while the other CPU was idle, which set most of the p99 at that rate (docs/benchmarks.md,
-//! run 12).
-//! In Linux's fair scheduler a waking normal thread always preempts a `SCHED_IDLE` thread, and a
-//! `SCHED_IDLE` thread never preempts a normal one.
+//! run 12). In Linux's fair scheduler a waking normal thread always preempts a `SCHED_IDLE`
+//! thread, and a `SCHED_IDLE` thread never preempts a normal one.
 //!
 //! But a `SCHED_IDLE` thread gets almost no CPU while normal threads keep every CPU busy, and an
 //! unprivileged thread cannot leave that policy again (sched(7), with the default `RLIMIT_NICE`
@@ -32,7 +31,8 @@ pub(super) struct IdleCopier {
     requests: flume::Sender<()>,
     replies: flume::Receiver<rusqlite::Result<LogState>>,
     interrupt: InterruptHandle,
-    /// Set while a request has no reply, so the copier may still hold SQLite's checkpoint lock.
+    /// Whether a request has no reply yet, in which case the copier may still hold SQLite's
+    /// checkpoint lock.
     pending: bool,
 }
 
@@ -59,9 +59,7 @@ pub(super) enum Copy {
 impl IdleCopier {
     /// Starts the copier thread on its own `connection` to the database.
     pub(super) fn spawn(connection: Connection) -> std::io::Result<Self> {
-        let interrupt = connection.get_interrupt_handle();
-        let (requests, jobs) = flume::bounded::<()>(1);
-        let (results, replies) = flume::bounded(1);
+        let (copier, jobs, results) = Self::with_channels(&connection);
         thread::Builder::new()
             .name("store-ckpt-idle".to_owned())
             .spawn(move || {
@@ -75,12 +73,27 @@ impl IdleCopier {
                     }
                 }
             })?;
-        Ok(Self {
+        Ok(copier)
+    }
+
+    /// Returns a copier for `connection` with no thread behind it yet, and the channel ends that
+    /// the thread takes requests from and sends outcomes to.
+    pub(super) fn with_channels(
+        connection: &Connection,
+    ) -> (
+        Self,
+        flume::Receiver<()>,
+        flume::Sender<rusqlite::Result<LogState>>,
+    ) {
+        let (requests, jobs) = flume::bounded(1);
+        let (results, replies) = flume::bounded(1);
+        let copier = Self {
             requests,
             replies,
-            interrupt,
+            interrupt: connection.get_interrupt_handle(),
             pending: false,
-        })
+        };
+        (copier, jobs, results)
     }
 
     /// Asks the copier for one passive checkpoint and waits up to `deadline` for its outcome.
@@ -113,29 +126,6 @@ impl IdleCopier {
     }
 }
 
-#[cfg(test)]
-impl IdleCopier {
-    /// Returns a copier with no thread behind it, and the ends of its channels that the thread
-    /// would hold.
-    pub(super) fn detached(
-        connection: &Connection,
-    ) -> (
-        Self,
-        flume::Receiver<()>,
-        flume::Sender<rusqlite::Result<LogState>>,
-    ) {
-        let (requests, jobs) = flume::bounded(1);
-        let (results, replies) = flume::bounded(1);
-        let copier = Self {
-            requests,
-            replies,
-            interrupt: connection.get_interrupt_handle(),
-            pending: false,
-        };
-        (copier, jobs, results)
-    }
-}
-
 /// Puts the calling thread under `SCHED_IDLE`. Where that fails, the thread keeps its policy and
 /// the gateway works as before.
 #[cfg(target_os = "linux")]
@@ -161,7 +151,7 @@ mod tests {
     #[test]
     fn copy_without_reply_is_late() {
         let connection = Connection::open_in_memory().unwrap();
-        let (mut copier, jobs, _results) = IdleCopier::detached(&connection);
+        let (mut copier, jobs, _results) = IdleCopier::with_channels(&connection);
 
         assert!(matches!(copier.copy(Duration::ZERO), Copy::Late));
         assert!(copier.pending);
@@ -173,7 +163,7 @@ mod tests {
     #[test]
     fn stale_reply_is_dropped() {
         let connection = Connection::open_in_memory().unwrap();
-        let (mut copier, jobs, results) = IdleCopier::detached(&connection);
+        let (mut copier, jobs, results) = IdleCopier::with_channels(&connection);
         assert!(matches!(copier.copy(Duration::ZERO), Copy::Late));
         jobs.recv().unwrap();
         let stale = LogState {
@@ -201,7 +191,7 @@ mod tests {
     #[test]
     fn stopped_copier_reports_stopped() {
         let connection = Connection::open_in_memory().unwrap();
-        let (mut copier, jobs, results) = IdleCopier::detached(&connection);
+        let (mut copier, jobs, results) = IdleCopier::with_channels(&connection);
         drop((jobs, results));
 
         assert!(matches!(copier.copy(Duration::from_secs(5)), Copy::Stopped));
